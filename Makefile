@@ -1,0 +1,29 @@
+# nlseg — the two quick-start commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.nlseg-installed
+
+.PHONY: install test demo bench clean
+
+# Create the virtual environment and install nlseg into it. torch is pinned to the CPU build
+# that lies on disk (2.13.0) when no torch is present, so an unpinned CUDA download never happens.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/nlseg demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ops.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
