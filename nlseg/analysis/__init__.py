@@ -1,0 +1,1 @@
+"""Efficiency and attention analysis: FLOPs, memory, latency, pictures."""
