@@ -1,0 +1,1 @@
+"""Training, evaluation, losses, metrics, checkpoints and distributed helpers."""
