@@ -1,0 +1,5 @@
+import sys
+
+from nlseg.cli import main
+
+sys.exit(main())
