@@ -1,0 +1,230 @@
+"""Asymmetric non-local blocks and ANN's fusion baselines (Zhu et al., ICCV 2019, §3.2-3.4, Table 6).
+
+Structure as in DESIGN.md "APNB and AFNB", which records what the released models do:
+
+* APNB(x): key and query share one 1x1 conv + BN + ReLU, value is a plain 1x1 conv;
+  ``O = softmax(Ck^-1/2 · q P(k)ᵀ) P(v)`` with P the pyramid sampling of ``nlseg.ops.pyramid``;
+  ``Wo`` a 1x1 conv initialised to zero; out = ReLU(BN(conv1x1(cat(Wo(O), x)))) + Dropout2d.
+* AFNB(low, high): query from high, key and value from low (both pooled);
+  out = BN(conv1x1(cat(Wo(O), high))) + Dropout2d, no ReLU (released model).
+* FNB = AFNB with all N_low keys; common fusion = high + ReLU(BN(conv1x1(low))).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
+from nlseg.ops import POOL_MODES, nonlocal_attention, pyramid_sample
+
+__all__ = ["AFNB", "APNB", "FNB", "CommonFusion"]
+
+
+def _check_pooling(block: str, pool_sizes: Sequence[int] | None, pool_mode: str) -> tuple[int, ...] | None:
+    if pool_mode not in POOL_MODES:
+        raise ValueError(f"{block}: unknown pool_mode {pool_mode!r}; expected one of {POOL_MODES}")
+    if pool_sizes is None:
+        return None
+    if len(pool_sizes) == 0 or any(not isinstance(n, int) or n < 1 for n in pool_sizes):
+        raise ValueError(f"{block}: pool_sizes must be positive ints or None (all positions), got {pool_sizes!r}")
+    return tuple(pool_sizes)
+
+
+def asymmetric_attention(
+    query: Tensor, key: Tensor, value: Tensor, pool_sizes: tuple[int, ...] | None, pool_mode: str
+) -> Tensor:
+    """``softmax(Ck^-1/2 · q P(k)ᵀ) P(v)`` on maps (ANN Eq. 9-10 and 15-16).
+
+    Args:
+        query: (B, Ck, H, W), one output position per query position.
+        key: (B, Ck, H', W'), any size.
+        value: (B, Cv, H', W').
+        pool_sizes: pyramid levels of P; None keeps all H'·W' positions (plain / fusion non-local).
+        pool_mode: "avg" or "max".
+
+    Returns:
+        (B, Cv, H, W).
+    """
+    if pool_sizes is None:
+        key, value = key.flatten(2), value.flatten(2)  # (B, C, N')
+    else:
+        key = pyramid_sample(key, pool_sizes, pool_mode)  # (B, Ck, S)
+        value = pyramid_sample(value, pool_sizes, pool_mode)  # (B, Cv, S)
+    out = nonlocal_attention(to_tokens(query), key.transpose(1, 2), value.transpose(1, 2))  # (B, N, Cv)
+    return to_map(out, *query.shape[-2:])
+
+
+class APNB(nn.Module):
+    """Asymmetric Pyramid Non-local Block (ANN §3.2, Eq. 8-12; Fig. 3).
+
+    Args:
+        in_channels: channels C of x.
+        out_channels: output channels, default C.
+        key_channels: channels Ck of key/query.
+        value_channels: channels Cv of the value.
+        pool_sizes: pyramid levels (S = Σ n² anchors); None attends to all N positions, which is ANN's
+            "NB" as released (and OCNet's base object-context block).
+        pool_mode: "avg" (released) or "max".
+        share_key_query: one conv + BN + ReLU for key and query (released); False gives each its own.
+        norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
+        dropout: Dropout2d rate after the fusion conv.
+    """
+
+    num_inputs = 1
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        key_channels: int = 256,
+        value_channels: int = 256,
+        pool_sizes: Sequence[int] | None = (1, 3, 6, 8),
+        *,
+        pool_mode: str = "avg",
+        share_key_query: bool = True,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        dropout: float = 0.05,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        out_channels = in_channels if out_channels is None else out_channels
+        check_channels(name, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels)
+        self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
+        self.pool_mode = pool_mode
+        self.out_channels = out_channels
+        self.key = ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
+        self.query = None if share_key_query else ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
+        self.value = nn.Conv2d(in_channels, value_channels, 1)
+        self.out_proj = nn.Conv2d(value_channels, in_channels, 1)  # Wo
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+        self.fuse = nn.Sequential(
+            ConvNormAct(2 * in_channels, out_channels, 1, norm_layer=norm_layer), nn.Dropout2d(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, out_channels, H, W)."""
+        key = self.key(x)  # (B, Ck, H, W)
+        query = key if self.query is None else self.query(x)
+        context = asymmetric_attention(query, key, self.value(x), self.pool_sizes, self.pool_mode)  # (B, Cv, H, W)
+        return self.fuse(torch.cat([self.out_proj(context), x], dim=1))
+
+
+class AFNB(nn.Module):
+    """Asymmetric Fusion Non-local Block (ANN §3.3, Eq. 14-17): stage-5 queries attend to stage-4 anchors.
+
+    ``forward(low, high)``: low = stage 4 (layer3), high = stage 5 (layer4). The output has high's
+    spatial size; low may have another size.
+
+    Args:
+        low_channels: channels of the low-level map (key and value source).
+        high_channels: channels of the high-level map (query source, concatenated to the output).
+        out_channels: output channels (and channels of ``Wo``).
+        key_channels: channels Ck of key/query.
+        value_channels: channels Cv of the value.
+        pool_sizes: pyramid levels of the sampling; None keeps all low positions (FNB).
+        pool_mode: "avg" (released) or "max".
+        norm_after_wo: add the BN after ``Wo`` that ANN's supplement reports helps AFNB used alone. The
+            zero initialisation then moves from ``Wo`` to that BN's γ, so ``Wo(O)`` still starts at 0.
+        norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
+        dropout: Dropout2d rate after the fusion conv.
+    """
+
+    num_inputs = 2
+
+    def __init__(
+        self,
+        low_channels: int,
+        high_channels: int,
+        out_channels: int,
+        key_channels: int = 256,
+        value_channels: int = 256,
+        pool_sizes: Sequence[int] | None = (1, 3, 6, 8),
+        *,
+        pool_mode: str = "avg",
+        norm_after_wo: bool = False,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        dropout: float = 0.05,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_channels(name, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels)
+        self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
+        self.pool_mode = pool_mode
+        self.out_channels = out_channels
+        self.query = ConvNormAct(high_channels, key_channels, 1, norm_layer=norm_layer)
+        self.key = ConvNormAct(low_channels, key_channels, 1, norm_layer=norm_layer)
+        self.value = nn.Conv2d(low_channels, value_channels, 1)
+        if norm_after_wo:
+            self.out_proj = ConvNormAct(value_channels, out_channels, 1, norm_layer=norm_layer, activation=False)
+            nn.init.zeros_(self.out_proj[1].weight)
+        else:
+            self.out_proj = nn.Conv2d(value_channels, out_channels, 1)
+            nn.init.zeros_(self.out_proj.weight)
+            nn.init.zeros_(self.out_proj.bias)
+        self.fuse = nn.Sequential(
+            ConvNormAct(out_channels + high_channels, out_channels, 1, norm_layer=norm_layer, activation=False),
+            nn.Dropout2d(dropout),
+        )
+
+    def forward(self, low: Tensor, high: Tensor) -> Tensor:
+        """low (B, C_l, H_l, W_l), high (B, C_h, H, W) -> (B, out_channels, H, W)."""
+        context = asymmetric_attention(
+            self.query(high), self.key(low), self.value(low), self.pool_sizes, self.pool_mode
+        )  # (B, Cv, H, W)
+        return self.fuse(torch.cat([self.out_proj(context), high], dim=1))
+
+
+class FNB(AFNB):
+    """Fusion Non-local Block (ANN §3.3, Eq. 14-17): AFNB without pyramid sampling, all N_low keys."""
+
+    def __init__(
+        self,
+        low_channels: int,
+        high_channels: int,
+        out_channels: int,
+        key_channels: int = 256,
+        value_channels: int = 256,
+        *,
+        norm_after_wo: bool = False,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+        dropout: float = 0.05,
+    ) -> None:
+        super().__init__(
+            low_channels,
+            high_channels,
+            out_channels,
+            key_channels,
+            value_channels,
+            pool_sizes=None,
+            norm_after_wo=norm_after_wo,
+            norm_layer=norm_layer,
+            dropout=dropout,
+        )
+
+
+class CommonFusion(nn.Module):
+    """ANN's "common fusion" baseline (Table 6): ``high + ReLU(BN(conv1x1(low)))``.
+
+    Args:
+        low_channels: channels of the stage-4 map.
+        high_channels: channels of the stage-5 map, and of the output.
+        norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
+    """
+
+    num_inputs = 2
+
+    def __init__(self, low_channels: int, high_channels: int, *, norm_layer: type[nn.Module] = nn.BatchNorm2d) -> None:
+        super().__init__()
+        self.out_channels = high_channels
+        self.project = ConvNormAct(low_channels, high_channels, 1, norm_layer=norm_layer)
+
+    def forward(self, low: Tensor, high: Tensor) -> Tensor:
+        """low (B, C_l, H, W), high (B, C_h, H, W) -> (B, C_h, H, W)."""
+        if low.shape[-2:] != high.shape[-2:]:
+            raise ValueError(
+                f"CommonFusion needs maps of one size, got low {tuple(low.shape)} and high {tuple(high.shape)}"
+            )
+        return high + self.project(low)

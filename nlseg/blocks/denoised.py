@@ -1,0 +1,92 @@
+"""The Denoised Non-Local block (Song et al., TNNLS 2023, §III; DESIGN.md "Denoised Non-Local block")."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nlseg.blocks.layers import check_channels
+from nlseg.ops import denoised_attention
+
+__all__ = ["DenoisedNL"]
+
+CLASS_INPUTS = ("probs", "logits")
+
+
+class DenoisedNL(nn.Module):
+    """Denoised NL: ``F' = γ · denoised_attention(q, k, v, p) + F`` with γ initialised to 0.
+
+    q and k are separate 1x1 convs to ``key_channels``, v a 1x1 conv to ``value_channels``; the
+    attention has no scale. Global Rectifying reads class probabilities p (B, K, H', W') from an
+    auxiliary head; when H' x W' differs from x's, the class map is resized bilinearly with
+    align_corners=True (released model). With ``class_input="logits"`` the softmax over classes is
+    taken after the resize, as DESIGN.md records for the released model.
+
+    Args:
+        in_channels: channels C of x.
+        key_channels: channels Ck of q and k.
+        value_channels: channels of v; default C, and it must equal C for the residual.
+        kernel_size: odd Local Retention window.
+        rectify: Global Rectifying on (needs a class map in ``forward``).
+        retain: Local Retention on.
+        class_input: "probs" if the class map is already a softmax over classes, "logits" otherwise.
+    """
+
+    num_inputs = 2
+
+    def __init__(
+        self,
+        in_channels: int,
+        key_channels: int = 64,
+        value_channels: int | None = None,
+        *,
+        kernel_size: int = 3,
+        rectify: bool = True,
+        retain: bool = True,
+        class_input: str = "probs",
+    ) -> None:
+        super().__init__()
+        value_channels = in_channels if value_channels is None else value_channels
+        if value_channels != in_channels:
+            raise ValueError(
+                f"DenoisedNL: value_channels must equal in_channels={in_channels} for the residual, "
+                f"got {value_channels}"
+            )
+        if class_input not in CLASS_INPUTS:
+            raise ValueError(f"DenoisedNL: unknown class_input {class_input!r}; expected one of {CLASS_INPUTS}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"DenoisedNL: kernel_size must be a positive odd integer, got {kernel_size}")
+        check_channels("DenoisedNL", key_channels=key_channels)
+        self.kernel_size = kernel_size
+        self.rectify = rectify
+        self.retain = retain
+        self.class_input = class_input
+        self.out_channels = in_channels
+        self.query = nn.Conv2d(in_channels, key_channels, 1)
+        self.key = nn.Conv2d(in_channels, key_channels, 1)
+        self.value = nn.Conv2d(in_channels, value_channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def _class_probs(self, class_map: Tensor, size: tuple[int, int]) -> Tensor:
+        """Class probabilities (B, K, H, W) at ``size`` from a class map of probabilities or logits."""
+        if class_map.shape[-2:] != size:
+            class_map = F.interpolate(class_map, size=size, mode="bilinear", align_corners=True)
+        return class_map.softmax(dim=1) if self.class_input == "logits" else class_map
+
+    def forward(self, x: Tensor, class_map: Tensor | None = None) -> Tensor:
+        """x (B, C, H, W), class_map (B, K, H', W') or None when rectify is off -> (B, C, H, W)."""
+        probs = None
+        if self.rectify:
+            if class_map is None:
+                raise ValueError("DenoisedNL(rectify=True) needs a class map: forward(x, class_map)")
+            probs = self._class_probs(class_map, tuple(x.shape[-2:]))
+        out = denoised_attention(
+            self.query(x),
+            self.key(x),
+            self.value(x),
+            probs,
+            kernel_size=self.kernel_size,
+            rectify=self.rectify,
+            retain=self.retain,
+        )
+        return self.gamma * out + x

@@ -1,0 +1,217 @@
+"""Attention ops: fast path == reference path (forward and backward), gradcheck, hand-computed cases."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from nlseg.ops import (
+    channel_attention,
+    channel_attention_reference,
+    criss_cross_attention,
+    criss_cross_attention_reference,
+    nonlocal_attention,
+    nonlocal_attention_reference,
+    pyramid_sample,
+    pyramid_sample_reference,
+)
+
+F64 = dict(dtype=torch.float64)
+TIGHT = dict(rtol=1e-7, atol=1e-9)
+
+
+def assert_same_function(fast, reference, inputs, **tol):
+    """fast(*inputs) == reference(*inputs), and so are the gradients w.r.t. every input."""
+    tol = tol or TIGHT
+    leaves_fast = [t.detach().clone().requires_grad_() for t in inputs]
+    leaves_ref = [t.detach().clone().requires_grad_() for t in inputs]
+    out_fast, out_ref = fast(*leaves_fast), reference(*leaves_ref)
+    torch.testing.assert_close(out_fast, out_ref, **tol)
+    weights = torch.randn_like(out_ref)  # a generic upstream gradient
+    grads_fast = torch.autograd.grad((out_fast * weights).sum(), leaves_fast)
+    grads_ref = torch.autograd.grad((out_ref * weights).sum(), leaves_ref)
+    for g_fast, g_ref in zip(grads_fast, grads_ref, strict=True):
+        torch.testing.assert_close(g_fast, g_ref, **tol)
+
+
+def tokens_of_map(batch: int, channels: int, n: int, dtype=torch.float64) -> torch.Tensor:
+    """(B, N, C) tokens viewed from a (B, C, N) map: the non-contiguous layout the blocks pass in."""
+    return torch.randn(batch, channels, n, dtype=dtype).transpose(1, 2)
+
+
+# ---------------------------------------------------------------- nonlocal_attention
+
+
+@pytest.mark.parametrize("ck,cv", [(8, 8), (4, 12), (12, 4)])
+@pytest.mark.parametrize("scale", [None, 1.0, 0.3])
+def test_nonlocal_fast_matches_reference(ck, cv, scale):
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(2, ck, 37), tokens_of_map(2, ck, 23), tokens_of_map(2, cv, 23)
+    assert_same_function(
+        lambda *t: nonlocal_attention(*t, scale=scale),
+        lambda *t: nonlocal_attention_reference(*t, scale=scale),
+        (q, k, v),
+    )
+
+
+def test_nonlocal_fast_matches_reference_float32():
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(2, 16, 300, torch.float32), tokens_of_map(2, 16, 300, torch.float32), tokens_of_map(
+        2, 32, 300, torch.float32
+    )
+    assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ck,cv", [(6, 6), (3, 10), (10, 3)])
+def test_nonlocal_runs_on_the_flash_kernel(ck, cv):
+    """With only the flash backend allowed, SDPA raises unless the op feeds it a kernel-compatible layout
+    (4-D, unit channel stride, one head dim) — so passing means the N x N-free kernel ran, Cv != Ck included."""
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(1, ck, 40), tokens_of_map(1, ck, 40), tokens_of_map(1, cv, 40)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v))
+
+
+def test_nonlocal_gradcheck():
+    torch.manual_seed(0)
+    q = torch.randn(1, 5, 3, **F64, requires_grad=True)
+    k = torch.randn(1, 4, 3, **F64, requires_grad=True)
+    v = torch.randn(1, 4, 2, **F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *t: nonlocal_attention(*t, scale=0.7), (q, k, v))
+
+
+def test_nonlocal_hand_cases():
+    torch.manual_seed(0)
+    v = torch.randn(2, 1, 5, **F64)
+    # A single key takes all the weight: every query returns that value.
+    out = nonlocal_attention(torch.randn(2, 7, 3, **F64), torch.randn(2, 1, 3, **F64), v)
+    torch.testing.assert_close(out, v.expand(2, 7, 5))
+    # Zero queries see flat scores: the output is the mean value.
+    values = torch.randn(1, 6, 4, **F64)
+    out = nonlocal_attention(torch.zeros(1, 3, 2, **F64), torch.randn(1, 6, 2, **F64), values)
+    torch.testing.assert_close(out, values.mean(1, keepdim=True).expand(1, 3, 4))
+    # Two keys: weights are a logistic of the scaled score difference.
+    q = torch.tensor([[[1.0, 2.0]]], **F64)
+    k = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]], **F64)  # scores 1 and 2, scale 2^-1/2
+    v = torch.tensor([[[10.0], [20.0]]], **F64)
+    w_second = 1 / (1 + math.exp(-(2 - 1) / math.sqrt(2)))
+    torch.testing.assert_close(nonlocal_attention(q, k, v), torch.tensor([[[10 + 10 * w_second]]], **F64))
+
+
+def test_nonlocal_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="Ck"):
+        nonlocal_attention(torch.randn(1, 4, 3), torch.randn(1, 5, 2), torch.randn(1, 5, 2))
+    with pytest.raises(ValueError, match="token layouts"):
+        nonlocal_attention(torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2), torch.randn(1, 3, 2, 2))
+
+
+# ---------------------------------------------------------------- pyramid_sample
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("size", [(13, 29), (5, 7), (2, 9)])
+@pytest.mark.parametrize("sizes", [(1, 3, 6, 8), (1, 2, 3, 6), (4,)])
+def test_pyramid_fast_matches_reference(mode, size, sizes):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *size, **F64)
+    assert_same_function(
+        lambda t: pyramid_sample(t, sizes, mode), lambda t: pyramid_sample_reference(t, sizes, mode), (x,)
+    )
+
+
+def test_pyramid_hand_cases():
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 13, 29, **F64)
+    assert pyramid_sample(x).shape == (2, 4, 110)  # S = 1 + 9 + 36 + 64
+    torch.testing.assert_close(pyramid_sample(x, (1,)), x.mean((2, 3)).unsqueeze(-1))
+    torch.testing.assert_close(pyramid_sample(x, (1,), "max"), x.amax((2, 3)).unsqueeze(-1))
+    grid = torch.randn(2, 4, 3, 3, **F64)
+    torch.testing.assert_close(pyramid_sample(grid, (3,)), grid.flatten(2))  # 3x3 -> 3x3 is the identity, row-major
+    # Length 3 into 2 bins: [0, 2) and [1, 3) overlap on the middle element.
+    row = torch.tensor([[[[1.0, 2.0, 4.0]]]], **F64)
+    torch.testing.assert_close(pyramid_sample(row, (2,)), torch.tensor([[[1.5, 3.0, 1.5, 3.0]]], **F64))
+    torch.testing.assert_close(pyramid_sample(row, (2,), "max"), torch.tensor([[[2.0, 4.0, 2.0, 4.0]]], **F64))
+    # Levels are concatenated in the order given.
+    torch.testing.assert_close(pyramid_sample(row, (1, 2))[..., 0], row.mean((2, 3)))
+
+
+def test_pyramid_gradcheck():
+    x = torch.randn(1, 2, 5, 4, **F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: pyramid_sample(t, (1, 2, 3)), (x,))
+
+
+def test_pyramid_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        pyramid_sample(torch.randn(1, 1, 4, 4), mode="median")
+    with pytest.raises(ValueError, match="sizes"):
+        pyramid_sample(torch.randn(1, 1, 4, 4), sizes=(0, 2))
+
+
+# ---------------------------------------------------------------- criss_cross_attention
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 3), (1, 4), (3, 1)])
+def test_criss_cross_fast_matches_reference(size):
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, *size, **F64), torch.randn(2, 3, *size, **F64), torch.randn(2, 5, *size, **F64)
+    assert_same_function(criss_cross_attention, criss_cross_attention_reference, (q, k, v))
+
+
+def test_criss_cross_gradcheck():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 3, 4, **F64, requires_grad=True), torch.randn(1, 2, 3, 4, **F64, requires_grad=True)
+    v = torch.randn(1, 3, 3, 4, **F64, requires_grad=True)
+    assert torch.autograd.gradcheck(criss_cross_attention, (q, k, v))
+
+
+def test_criss_cross_counts_self_once():
+    """Flat scores weigh the H + W - 1 cross positions equally, the centre once."""
+    torch.manual_seed(0)
+    h, w = 4, 5
+    v = torch.randn(1, 2, h, w, **F64)
+    zeros = torch.zeros(1, 3, h, w, **F64)
+    expected = (v.sum(2, keepdim=True) + v.sum(3, keepdim=True) - v) / (h + w - 1)
+    torch.testing.assert_close(criss_cross_attention(zeros, zeros, v), expected)
+
+
+def test_criss_cross_ignores_positions_off_the_cross():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 4, 5, **F64), torch.randn(1, 2, 4, 5, **F64), torch.randn(1, 3, 4, 5, **F64)
+    out = criss_cross_attention(q, k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 2, 3] += 5.0
+    v2[..., 2, 3] += 5.0  # (2, 3) is off the cross of (0, 0)
+    out2 = criss_cross_attention(q, k2, v2)
+    torch.testing.assert_close(out2[..., 0, 0], out[..., 0, 0])
+    assert not torch.allclose(out2[..., 0, 3], out[..., 0, 3])  # ... but on the cross of (0, 3)
+
+
+# ---------------------------------------------------------------- channel_attention
+
+
+@pytest.mark.parametrize("compact", [None, 3])
+def test_channel_fast_matches_reference(compact):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, **F64)
+    inputs = (x,) if compact is None else (x, torch.randn(2, compact, 5, 7, **F64))
+    assert_same_function(channel_attention, channel_attention_reference, inputs)
+
+
+def test_channel_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 2, 3, **F64, requires_grad=True)
+    keys = torch.randn(1, 2, 2, 3, **F64, requires_grad=True)
+    assert torch.autograd.gradcheck(channel_attention, (x,))
+    assert torch.autograd.gradcheck(channel_attention, (x, keys))
+
+
+def test_channel_hand_case():
+    """x = [[1, 0], [0, 2]] (C = 2, N = 2): E = diag(1, 4), so the rows of softmax(max(E) - E) are
+    softmax([0, 1]) and softmax([4, 0])."""
+    x = torch.tensor([[[[1.0, 0.0]], [[0.0, 2.0]]]], **F64)  # (1, 2, 1, 2)
+    e = math.e
+    expected = torch.tensor([[[[1 / (1 + e), 2 * e / (1 + e)]], [[e**4 / (1 + e**4), 2 / (1 + e**4)]]]], **F64)
+    torch.testing.assert_close(channel_attention(x), expected)
+    torch.testing.assert_close(channel_attention(x, x), expected)  # CAM is CCAM with the map as its own keys
