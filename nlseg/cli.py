@@ -19,8 +19,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError)
 def _user_errors() -> tuple[type[BaseException], ...]:
     from nlseg.data.base import DatasetError
     from nlseg.engine.checkpoint import CheckpointError
+    from nlseg.engine.trainer import TrainingDiverged
 
-    return USER_ERRORS + (DatasetError, CheckpointError)
+    return USER_ERRORS + (DatasetError, CheckpointError, TrainingDiverged)
 
 
 def _add_recipe(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,240 @@
+"""Evaluation over a whole split: one confusion matrix, mIoU / mAcc / aAcc, submission-format export.
+
+Exported predictions, one single-channel uint8 PNG per image named ``<image stem>.png``:
+
+- ``cityscapes`` (default for Cityscapes): official label ids (road = 7, ..., bicycle = 33), as the
+  official evaluator (cityscapesScripts ``evalPixelLevelSemanticLabeling.py``) and the test server
+  read them. The evaluator pairs a prediction with the ground truth
+  ``<city>_<seq>_<frame>_gtFine_labelIds.png`` by the pattern ``<city>_<seq>_<frame>*.png`` searched
+  recursively under ``$CITYSCAPES_RESULTS``, and fails when no file or more than one file matches; the
+  image stem ``<city>_<seq>_<frame>_leftImg8bit`` matches it exactly once.
+- ``ade20k`` (default for ADE20K): train id + 1, i.e. 1..150, the SceneParsing submission format
+  (0, "other", is never predicted).
+- ``train_id`` (default for every other data set): the train ids 0..K-1 the model predicts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from nlseg.config import ConfigError, EvalConfig, load_config
+from nlseg.data.ade20k import ADE20K
+from nlseg.data.base import DatasetError
+from nlseg.data.cityscapes import Cityscapes
+from nlseg.engine.distributed import resolve_device
+from nlseg.engine.inference import build_model_from_checkpoint, predict_logits
+from nlseg.engine.metrics import ConfusionMatrix
+
+__all__ = ["EXPORT_FORMATS", "default_export_format", "evaluate", "export_values", "format_table", "main_eval"]
+
+EXPORT_FORMATS = ("cityscapes", "ade20k", "train_id")
+
+
+def default_export_format(dataset: Dataset) -> str:
+    """The submission format of a data set: ``cityscapes``, ``ade20k`` or ``train_id``."""
+    if isinstance(dataset, Cityscapes):
+        return "cityscapes"
+    if isinstance(dataset, ADE20K):
+        return "ade20k"
+    return "train_id"
+
+
+def export_values(pred: Tensor, export_format: str) -> np.ndarray:
+    """Predicted train ids as the pixel values of an exported PNG.
+
+    Args:
+        pred: (H, W) integer train ids.
+        export_format: one of ``EXPORT_FORMATS`` (see the module docstring).
+
+    Returns:
+        (H, W) uint8 array.
+    """
+    if export_format == "cityscapes":
+        values = Cityscapes.label_ids_from_train_ids(pred)
+    elif export_format == "ade20k":
+        values = pred + 1
+    elif export_format == "train_id":
+        values = pred
+    else:
+        raise ValueError(f"unknown export format {export_format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    if int(values.max()) > 255:
+        raise ValueError(f"{export_format} export needs values up to {int(values.max())}; a uint8 PNG holds 0..255")
+    return values.cpu().numpy().astype(np.uint8)
+
+
+def _shard(length: int) -> range:
+    """The indices this process evaluates: every world_size-th one from its rank (all without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return range(dist.get_rank(), length, dist.get_world_size())
+    return range(length)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    eval_cfg: EvalConfig,
+    *,
+    device: str | torch.device,
+    num_classes: int,
+    export_dir: str | Path | None = None,
+    export_format: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict every image of ``dataset`` with the recipe's inference settings and score the whole split.
+
+    Scores come from one confusion matrix over all images (``ConfusionMatrix``: the official Cityscapes
+    evaluator's conventions). With torch.distributed initialised every process takes images
+    rank, rank + world_size, ... and the matrices are summed, so every process must call this; each
+    exports its own images. The model is put in eval mode and given back in the mode it came in.
+
+    Args:
+        model: returns ``{"out": logits}`` at its input's size.
+        dataset: an nlseg data set (``classes``, ``ignore_index``) yielding normalised ``image``
+            (3, H, W), ``label`` (H', W') and ``name``; the probabilities are resized to the label's
+            size when the image was resized (``eval.size``). Images without a label (a test split)
+            are only exported.
+        eval_cfg: inference settings (see ``predict_logits``).
+        device: where the model runs.
+        num_classes: K.
+        export_dir: write one prediction PNG per image here (created).
+        export_format: ``cityscapes``, ``ade20k`` or ``train_id``; None: the data set's own.
+        progress: show a progress bar.
+
+    Returns:
+        ``mIoU``, ``mAcc``, ``aAcc`` (percent), ``per_class_iou`` and ``per_class_acc`` (class name ->
+        percent; NaN for a class absent from the ground truth and the predictions, resp. from the
+        ground truth), ``num_images`` (images scored, over all processes).
+    """
+    device = torch.device(device)
+    if export_dir is not None:
+        export_format = export_format or default_export_format(dataset)
+        if export_format not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {export_format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+        export_dir = Path(export_dir)
+        export_dir.mkdir(parents=True, exist_ok=True)
+    align_corners = bool(getattr(model, "align_corners", False))
+    matrix = ConfusionMatrix(num_classes, ignore_index=dataset.ignore_index)
+    matrix.matrix = matrix.matrix.to(device)  # every process reduces on its device, even with no images
+    scored = torch.zeros((), dtype=torch.int64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        for index in tqdm(_shard(len(dataset)), desc="eval", unit="img", disable=not progress):
+            sample = dataset[index]
+            probs = predict_logits(
+                model,
+                sample["image"][None].to(device),
+                mode=eval_cfg.mode,
+                crop_size=eval_cfg.crop_size,
+                stride=eval_cfg.stride,
+                scales=eval_cfg.scales,
+                flip=eval_cfg.flip,
+                size=eval_cfg.size,
+                num_classes=num_classes,
+                align_corners=align_corners,
+            )  # (1, K, h, w)
+            label = sample.get("label")
+            if label is not None and probs.shape[-2:] != label.shape:
+                probs = F.interpolate(probs, size=tuple(label.shape), mode="bilinear", align_corners=align_corners)
+            pred = probs[0].argmax(0)  # (H, W)
+            if label is not None:
+                matrix.update(pred, label.to(device))
+                scored += 1
+            if export_dir is not None:
+                Image.fromarray(export_values(pred, export_format), mode="L").save(export_dir / f"{sample['name']}.png")
+    finally:
+        model.train(was_training)
+    matrix.reduce()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(scored)
+    scores = matrix.compute()
+    names = list(dataset.classes)
+    return {
+        "mIoU": scores["mIoU"],
+        "mAcc": scores["mAcc"],
+        "aAcc": scores["aAcc"],
+        "per_class_iou": dict(zip(names, scores["per_class_iou"])),
+        "per_class_acc": dict(zip(names, scores["per_class_acc"])),
+        "num_images": int(scored.item()),
+    }
+
+
+def _percent(value: float) -> str:
+    return "    -" if math.isnan(value) else f"{value:5.2f}"
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Per-class IoU and accuracy, then mIoU / mAcc / aAcc, as aligned text ("-": class absent)."""
+    width = max(12, *(len(name) for name in metrics["per_class_iou"]))
+    lines = [f"{'class':<{width}}    IoU    Acc", "-" * (width + 14)]
+    for name, iou in metrics["per_class_iou"].items():
+        lines.append(f"{name:<{width}}  {_percent(iou)}  {_percent(metrics['per_class_acc'][name])}")
+    lines.append("-" * (width + 14))
+    lines.append(
+        f"mIoU {_percent(metrics['mIoU'])}   mAcc {_percent(metrics['mAcc'])}   aAcc {_percent(metrics['aAcc'])}"
+        f"   ({metrics['num_images']} images)"
+    )
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a class absent from the split) as JSON null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+def main_eval(args: argparse.Namespace) -> None:
+    """``nlseg eval``: score a checkpoint on a split of the recipe's data set, print and save the metrics.
+
+    Args:
+        args: ``recipe``, ``overrides``, ``checkpoint``, ``out`` (JSON file or None), ``export_dir``
+            (or None), ``split`` (None: the recipe's ``data.val_split``).
+    """
+    from nlseg.data.build import build_dataset
+
+    cfg = load_config(args.recipe, args.overrides)
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg, split, train=False)
+    if len(dataset) == 0:
+        raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    model, _ = build_model_from_checkpoint(args.checkpoint, cfg, device, num_classes=dataset.num_classes)
+    metrics = evaluate(
+        model, dataset, cfg.eval, device=device, num_classes=dataset.num_classes, export_dir=args.export_dir
+    )
+    print(f"{cfg.name}: {cfg.data.dataset} {split}, checkpoint {args.checkpoint}")
+    print(format_table(metrics))
+    if args.export_dir:
+        print(f"predictions ({default_export_format(dataset)} format) written to {args.export_dir}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            **metrics,
+            "recipe": cfg.name,
+            "checkpoint": str(args.checkpoint),
+            "dataset": cfg.data.dataset,
+            "split": split,
+            "eval": dataclasses.asdict(cfg.eval),
+        }
+        out.write_text(json.dumps(_json_safe(record), indent=2) + "\n")

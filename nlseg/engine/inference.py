@@ -1,0 +1,417 @@
+"""Inference: whole-image or sliding-window prediction, multi-scale and flip testing, the Segmenter API.
+
+How predictions are merged (ANN §4.2 "Inference Settings": multi-scale whole-image testing with
+left-right flips for ADE20K and PASCAL Context, multi-scale sliding crops with flips for Cityscapes):
+
+- Sliding window: the LOGITS of overlapping windows are averaged, each pixel divided by the number
+  of windows covering it — what mmsegmentation's ``slide_inference``, the ANN release
+  (``FCNSegmentorTest._crop_predict``) and the CCNet toolbox (``predict_sliding``) all do.
+- Scales and flips: every view's logits are resized back to the input size, turned into softmax
+  probabilities and the probabilities averaged, as mmsegmentation's test-time augmentation does
+  (``aug_test`` / ``SegTTAModel`` sum softmax outputs). The ANN release sums the raw logits of the
+  views instead (``ms_test``); the argmax rarely differs, and probabilities keep views with
+  different logit scales on an equal footing.
+
+So :func:`predict_logits` returns averaged class probabilities (they sum to 1 at every pixel);
+their argmax is the prediction.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nlseg.config import Config, ConfigError, EvalConfig, load_config
+from nlseg.data.base import index_palette, read_image
+from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from nlseg.engine.distributed import resolve_device
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Segmenter",
+    "build_model_from_checkpoint",
+    "dataset_palette",
+    "main_predict",
+    "predict_logits",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_MODES = ("whole", "slide")
+
+
+def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    """(height, width) from an int or a pair of positive ints."""
+    h, w = (value, value) if isinstance(value, int) else tuple(value)
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} must be positive, got {value!r}")
+    return int(h), int(w)
+
+
+def _resize(x: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Bilinear resize of a (B, C, H, W) tensor; a no-op at the same size."""
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def _forward(model: nn.Module, image: Tensor, num_classes: int) -> Tensor:
+    """The model's main logits for ``image`` (B, 3, H, W), checked against the ``{"out": ...}`` contract."""
+    logits = model(image)["out"]
+    expected = (image.shape[0], num_classes, *image.shape[-2:])
+    if tuple(logits.shape) != expected:
+        raise ValueError(f"the model's 'out' has shape {tuple(logits.shape)}; expected {expected} (B, K, H, W)")
+    return logits.float()
+
+
+def _slide(model: nn.Module, image: Tensor, crop: tuple[int, int], stride: tuple[int, int], num_classes: int) -> Tensor:
+    """Logits of overlapping ``crop`` windows placed every ``stride`` pixels, averaged where they overlap.
+
+    The image is zero-padded at the bottom and right up to the crop size when it is smaller (zero is the
+    mean colour of a normalised image); the windows' last row and column are shifted to end at the
+    border, so every pixel is covered, and the result is cropped back to the image's size.
+    """
+    b, _, h, w = image.shape
+    (ch, cw), (sh, sw) = crop, stride
+    padded = F.pad(image, (0, max(cw - w, 0), 0, max(ch - h, 0)))  # (B, 3, H', W')
+    ph, pw = padded.shape[-2:]
+    total = image.new_zeros(b, num_classes, ph, pw, dtype=torch.float32)  # (B, K, H', W')
+    count = image.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+    for row in range(math.ceil(max(ph - ch, 0) / sh) + 1):
+        for col in range(math.ceil(max(pw - cw, 0) / sw) + 1):
+            y1, x1 = min(row * sh, ph - ch), min(col * sw, pw - cw)
+            window = padded[:, :, y1 : y1 + ch, x1 : x1 + cw]  # (B, 3, ch, cw)
+            total[:, :, y1 : y1 + ch, x1 : x1 + cw] += _forward(model, window, num_classes)
+            count[:, :, y1 : y1 + ch, x1 : x1 + cw] += 1
+    return (total / count)[:, :, :h, :w]  # (B, K, H, W)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    image: Tensor,
+    *,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    size: int | Sequence[int] | None = None,
+    num_classes: int,
+    align_corners: bool | None = None,
+) -> Tensor:
+    """Class probabilities of one normalised batch, by whole-image or sliding-window inference (ANN §4.2).
+
+    For every scale s (and, with ``flip``, for the mirrored image too): resize the image by s, predict
+    it whole or by sliding windows, mirror back, resize the logits to the input size, softmax; the
+    probabilities of all views are averaged (see the module docstring for why probabilities). The
+    model's mode is left as it is: call ``model.eval()`` first.
+
+    Args:
+        model: returns ``{"out": logits (B, K, h, w)}`` at its input's size.
+        image: (B, 3, H, W) normalised images.
+        mode: ``whole`` (each view at once) or ``slide`` (crops of ``crop_size`` every ``stride``).
+        crop_size: sliding window (H, W) or side; required for ``slide``. An image smaller than the
+            window is padded with zeros and the prediction cropped back.
+        stride: window step (H, W) or side, at most the window; None: two thirds of the window
+            (windows overlap by a third, as the CCNet toolbox).
+        scales: resize factors of the views (multi-scale testing).
+        flip: also predict each view mirrored left-right.
+        size: resize the input to this (H, W) (or a square side) before everything else; the result is
+            still returned at the input's size.
+        num_classes: K, checked against the model's output.
+        align_corners: of every bilinear resize; None: the model's ``align_corners`` attribute if it has
+            one, else False.
+
+    Returns:
+        (B, K, H, W) float32 probabilities averaged over the views.
+    """
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be a (B, 3, H, W) batch, got shape {tuple(image.shape)}")
+    if mode not in _MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {', '.join(_MODES)}")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be a non-empty list of positive factors, got {list(scales)!r}")
+    if mode == "slide":
+        if crop_size is None:
+            raise ValueError("mode 'slide' needs crop_size (eval.crop_size in a recipe)")
+        crop = _pair(crop_size, "crop_size")
+        steps = (math.ceil(crop[0] * 2 / 3), math.ceil(crop[1] * 2 / 3)) if stride is None else _pair(stride, "stride")
+        if steps[0] > crop[0] or steps[1] > crop[1]:
+            raise ValueError(f"stride {steps} must not exceed crop_size {crop}: windows would leave gaps")
+    if align_corners is None:
+        align_corners = bool(getattr(model, "align_corners", False))
+    h, w = image.shape[-2:]
+    base = image if size is None else _resize(image, _pair(size, "size"), align_corners)
+    bh, bw = base.shape[-2:]
+    total = image.new_zeros(image.shape[0], num_classes, h, w, dtype=torch.float32)  # (B, K, H, W)
+    views = 0
+    for scale in scales:
+        scaled = _resize(base, (max(1, int(bh * scale + 0.5)), max(1, int(bw * scale + 0.5))), align_corners)
+        for mirrored in (False, True) if flip else (False,):
+            view = scaled.flip(-1) if mirrored else scaled
+            if mode == "whole":
+                logits = _forward(model, view, num_classes)
+            else:
+                logits = _slide(model, view, crop, steps, num_classes)
+            if mirrored:
+                logits = logits.flip(-1)
+            total += _resize(logits, (h, w), align_corners).softmax(1)
+            views += 1
+    return total / views
+
+
+def _dataset_class(name: str) -> type | None:
+    """The data set class registered under ``name`` (``synthetic`` included), or None."""
+    if name == "synthetic":
+        from nlseg.data.synthetic import SyntheticContext
+
+        return SyntheticContext
+    from nlseg import data
+
+    return data._DATASETS.get(name)
+
+
+def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]]:
+    """Colours of the classes of a data set: its own palette when it has one of ``num_classes`` colours.
+
+    Otherwise (an unknown data set, PASCAL Context with 59 classes) the PASCAL VOC index colours
+    without black, which is exactly PASCAL Context-59's palette.
+
+    Args:
+        dataset: a data set name (``cfg.data.dataset``).
+        num_classes: number of classes K.
+
+    Returns:
+        K RGB tuples.
+    """
+    cls = _dataset_class(dataset)
+    palette = list(getattr(cls, "palette", []))
+    return palette if len(palette) == num_classes else index_palette(num_classes + 1)[1:]
+
+
+def build_model_from_checkpoint(
+    path: str | os.PathLike,
+    cfg: Config | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint was saved from and load its weights, in eval mode.
+
+    The model's name and builder options come from the checkpoint (``model_name``,
+    ``config.model.options``); a checkpoint without them needs ``cfg``. With ``cfg`` the checkpoint
+    must be for the recipe's model (and for ``num_classes`` classes when given).
+
+    Args:
+        path: an nlseg checkpoint.
+        cfg: the recipe it is used with, or None.
+        device: where to put the model.
+        num_classes: the data set's number of classes, checked when given.
+
+    Returns:
+        the model and the checkpoint dict.
+
+    Raises:
+        CheckpointError: unreadable file, another model or class count, weights that do not fit.
+    """
+    from nlseg.models import create_model
+
+    state = load_checkpoint(path)
+    if cfg is not None or num_classes is not None:
+        check_compatible(
+            state,
+            model_name=cfg.model.name if cfg is not None else state.get("model_name"),
+            num_classes=num_classes if num_classes is not None else state.get("num_classes"),
+            path=path,
+        )
+    saved_cfg = state.get("config") or {}
+    name = state.get("model_name") or (cfg.model.name if cfg is not None else None)
+    options = saved_cfg.get("model", {}).get("options", cfg.model.options if cfg is not None else {})
+    classes = state.get("num_classes") or len(state.get("class_names", [])) or num_classes
+    if name is None or classes is None:
+        raise CheckpointError(
+            f"checkpoint {path} does not say which model it holds (no 'model_name' / 'num_classes'); "
+            "pass the recipe it was trained with"
+        )
+    try:
+        model = create_model(name, num_classes=classes, **options)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path}: cannot build its model {name!r}: {err}") from None
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {path}: its weights do not fit a {name!r} model with {classes} classes "
+            f"({' '.join(line.strip() for line in first[:3])})"
+        ) from None
+    return model.to(device).eval(), state
+
+
+class Segmenter:
+    """Segment single images with a trained model, using a recipe's inference settings (ANN §4.2).
+
+    Args:
+        model: returns ``{"out": logits}``; put in eval mode and moved to ``device``.
+        class_names: the K class names.
+        palette: K RGB colours, one per class.
+        eval_cfg: inference settings (mode, crop, stride, scales, flip, size); None: whole image, one scale.
+        device: where the model runs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        class_names: Sequence[str],
+        palette: Sequence[tuple[int, int, int]],
+        eval_cfg: EvalConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if len(palette) != len(class_names):
+            raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.class_names = list(class_names)
+        self.palette = [tuple(int(c) for c in colour) for colour in palette]
+        self.eval_cfg = eval_cfg or EvalConfig()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", eval_cfg: EvalConfig | None = None
+    ) -> Segmenter:
+        """A Segmenter for a checkpoint; ``eval_cfg`` None uses the recipe's settings saved in it."""
+        model, state = build_model_from_checkpoint(path, device=device)
+        saved = state.get("config") or {}
+        if eval_cfg is None:
+            eval_cfg = Config.from_dict({"eval": saved.get("eval", {})}, source=f"checkpoint {path}").eval
+        num_classes = state.get("num_classes") or len(state["class_names"])
+        names = state.get("class_names") or [f"class_{k}" for k in range(num_classes)]
+        palette = dataset_palette(saved.get("data", {}).get("dataset", ""), num_classes)
+        return cls(model, class_names=names, palette=palette, eval_cfg=eval_cfg, device=device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @staticmethod
+    def to_tensor(image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
+        """An image as a (3, H, W) float32 tensor in 0..1 (not normalised).
+
+        Args:
+            image: a file path, a PIL image, a uint8 (H, W, 3) array or a (3, H, W) float tensor in 0..1.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(image)
+        if isinstance(image, Image.Image):
+            image = np.array(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"a numpy image must be uint8 of shape (H, W, 3), got {image.dtype} {image.shape}")
+            return torch.from_numpy(image.copy()).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+        if isinstance(image, Tensor):
+            if not image.is_floating_point() or image.dim() != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"a tensor image must be float (3, H, W) in 0..1, got {image.dtype} {tuple(image.shape)}"
+                )
+            return image.float()
+        raise TypeError(
+            f"cannot read an image from {type(image).__name__}; expected a path, a PIL image, "
+            "a uint8 (H, W, 3) numpy array or a float (3, H, W) tensor"
+        )
+
+    def predict_proba(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
+        """(K, H, W) class probabilities of one image at its own size (see :func:`predict_logits`)."""
+        rgb = self.to_tensor(image).to(self.device)  # (3, H, W)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
+        cfg = self.eval_cfg
+        probs = predict_logits(
+            self.model,
+            ((rgb - mean) / std)[None],
+            mode=cfg.mode,
+            crop_size=cfg.crop_size,
+            stride=cfg.stride,
+            scales=cfg.scales,
+            flip=cfg.flip,
+            size=cfg.size,
+            num_classes=self.num_classes,
+        )
+        return probs[0]
+
+    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
+        """(H, W) int64 class indices (train ids) of one image."""
+        return self.predict_proba(image).argmax(0)
+
+    def colorize(self, pred: Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 colours of a (H, W) prediction."""
+        lut = np.asarray(self.palette, dtype=np.uint8)  # (K, 3)
+        return lut[pred.cpu().numpy()]
+
+    def index_image(self, pred: Tensor) -> Image.Image:
+        """A palette ("P") PNG image whose pixel values are the predicted train ids."""
+        if self.num_classes > 256:
+            raise ValueError(f"an index PNG holds at most 256 classes, this model has {self.num_classes}")
+        img = Image.fromarray(pred.cpu().numpy().astype(np.uint8), mode="P")
+        img.putpalette([c for colour in self.palette for c in colour])
+        return img
+
+
+def _image_files(source: Path) -> list[Path]:
+    """``source`` itself, or the images directly inside the folder ``source``, sorted."""
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"input {source} does not exist")
+    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
+    return files
+
+
+def main_predict(args: argparse.Namespace) -> None:
+    """``nlseg predict``: write ``<stem>.png`` (train ids, palette), ``<stem>_color.png`` and ``<stem>_overlay.png``.
+
+    Args:
+        args: ``recipe``, ``overrides``, ``checkpoint``, ``input`` (an image or a folder of images),
+            ``output`` (folder, created).
+    """
+    cfg = load_config(args.recipe, args.overrides)
+    try:
+        device = resolve_device(cfg.train.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    model, state = build_model_from_checkpoint(args.checkpoint, cfg, device)
+    num_classes = state.get("num_classes") or len(state["class_names"])
+    segmenter = Segmenter(
+        model,
+        class_names=state.get("class_names") or [f"class_{k}" for k in range(num_classes)],
+        palette=dataset_palette(cfg.data.dataset, num_classes),
+        eval_cfg=cfg.eval,
+        device=device,
+    )
+    files = _image_files(Path(args.input))
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in tqdm(files, desc="predict", unit="img"):
+        rgb = read_image(path)  # (3, H, W)
+        pred = segmenter.predict(rgb)  # (H, W)
+        color = segmenter.colorize(pred)  # (H, W, 3)
+        photo = (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
+        overlay = ((photo.astype(np.uint16) + color) // 2).astype(np.uint8)
+        segmenter.index_image(pred).save(out / f"{path.stem}.png")
+        Image.fromarray(color).save(out / f"{path.stem}_color.png")
+        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
+    print(f"wrote {3 * len(files)} images for {len(files)} input(s) to {out}")
+
