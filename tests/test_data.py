@@ -122,6 +122,13 @@ def test_cityscapes_test_split_has_no_labels(cityscapes_root: Path):
     assert len(Cityscapes(cityscapes_root, "val")) == 1
 
 
+def test_cityscapes_trainval_is_train_then_val(cityscapes_root: Path):
+    train, val = Cityscapes(cityscapes_root, "train"), Cityscapes(cityscapes_root, "val")
+    both = Cityscapes(cityscapes_root, "trainval")
+    assert both.samples == train.samples + val.samples
+    assert torch.equal(both[len(train)]["label"], val[0]["label"])
+
+
 def test_cityscapes_missing_label_names_both_expected_files(cityscapes_root: Path):
     (cityscapes_root / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png").unlink()
     with pytest.raises(DatasetError, match=r"lindau_000000_000019_gtFine_labelIds\.png or .*labelTrainIds\.png"):

@@ -187,7 +187,7 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
         if split not in self.splits:
-            raise ValueError(f"{self.name}: unknown split {split!r}; expected one of {', '.join(self.splits)}")
+            raise DatasetError(f"{self.name}: unknown split {split!r}; expected one of {', '.join(self.splits)}")
         self.root = Path(root).expanduser()
         self.split = split
         self.transform = transform

@@ -85,12 +85,12 @@ class Cityscapes(SegmentationDataset):
 
     Args:
         root: folder holding ``leftImg8bit/`` and ``gtFine/``.
-        split: ``train``, ``val`` or ``test`` (no labels).
+        split: ``train``, ``val``, ``trainval`` (both, for a test-server submission) or ``test`` (no labels).
         transform: callable applied to every sample dict.
     """
 
     name = "Cityscapes"
-    splits = ("train", "val", "test")
+    splits = ("train", "val", "trainval", "test")
     classes = tuple(label.name for label in _TRAINED)
     palette = [label.color for label in _TRAINED]
     num_classes = len(classes)
@@ -105,13 +105,14 @@ class Cityscapes(SegmentationDataset):
 
     def _find_samples(self) -> list[tuple[Path, Path | None]]:
         suffix = "_leftImg8bit.png"
-        images = self._glob(self.root / "leftImg8bit" / self.split, f"*/*{suffix}")
+        folders = ("train", "val") if self.split == "trainval" else (self.split,)
+        images = [image for folder in folders for image in self._glob(self.root / "leftImg8bit" / folder, f"*/*{suffix}")]
         if self.split == "test":
             return [(image, None) for image in images]
         samples: list[tuple[Path, Path | None]] = []
         for image in images:
             city, stem = image.parent.name, image.name[: -len(suffix)]
-            gt = self.root / "gtFine" / self.split / city
+            gt = self.root / "gtFine" / image.parent.parent.name / city
             train_ids, label_ids = gt / f"{stem}_gtFine_labelTrainIds.png", gt / f"{stem}_gtFine_labelIds.png"
             if train_ids.is_file():
                 samples.append((image, train_ids))
