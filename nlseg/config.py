@@ -180,8 +180,10 @@ def _all_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _unknown_key(key: str, source: str) -> ConfigError:
     keys = _all_keys(Config)
+    leaf = key.rsplit(".", 1)[-1]
+    same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]  # the right key in another section
     known = keys + sorted({k.split(".")[0] + "." for k in keys if "." in k})
-    close = difflib.get_close_matches(key if "." in key else key + ".", known, n=1, cutoff=0.5)
+    close = same_leaf[:1] or difflib.get_close_matches(key if "." in key else key + ".", known, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"{source}: unknown config key {key!r}{hint}")
 
