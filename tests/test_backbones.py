@@ -221,6 +221,40 @@ def test_multi_grid_basic_block_and_errors() -> None:
         resnet50(multi_grid=(0, 1, 2), width=WIDTH)
 
 
+@pytest.mark.parametrize(
+    "output_stride, multi_grid, layer3, layer4",
+    [
+        # The released Denoised NL backbone: every layer3 block at dilation 2, layer4 (4, 8, 16).
+        (8, (1, 2, 4), [(1, 2)] * 6, [(1, 4), (1, 8), (1, 16)]),
+        (8, None, [(1, 2)] * 6, [(1, 4)] * 3),
+        (16, None, [(2, 1)] + [(1, 1)] * 5, [(1, 2)] * 3),
+        (32, None, [(2, 1)] + [(1, 1)] * 5, [(2, 1), (1, 1), (1, 1)]),  # nothing dilated: unchanged
+    ],
+)
+def test_dilate_first_block(output_stride: int, multi_grid, layer3: list, layer4: list) -> None:
+    torch.manual_seed(0)
+    model = resnet50(output_stride=output_stride, multi_grid=multi_grid, dilate_first_block=True, width=WIDTH).eval()
+    for stage, expected in (("layer3", layer3), ("layer4", layer4)):
+        convs = stage_convs(model, stage)
+        assert [(c.stride[0], c.dilation[0]) for c in convs] == expected
+        assert all(c.padding == c.dilation for c in convs)
+    # Same parameters as the torchvision-style network: only the first dilated block's 3×3 conv differs,
+    # so the outputs differ from the first dilated stage on (layer3 at stride 8, layer4 at 16, none at 32).
+    plain = resnet50(output_stride=output_stride, multi_grid=multi_grid, width=WIDTH).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 65, 75)
+    with torch.no_grad():
+        ours, theirs = model(x), plain(x)
+    assert ours["layer4"].shape == theirs["layer4"].shape
+    torch.testing.assert_close(ours["layer2"], theirs["layer2"], rtol=0, atol=0)
+    assert torch.equal(ours["layer3"], theirs["layer3"]) == (output_stride != 8)
+    assert torch.equal(ours["layer4"], theirs["layer4"]) == (output_stride == 32)
+    basic = resnet18(output_stride=8, dilate_first_block=True, width=WIDTH)
+    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in (*basic.layer3, *basic.layer4)] == [(2, 2)] * 2 + [
+        (4, 4)
+    ] * 2
+
+
 def test_zero_init_residual_makes_blocks_start_as_identity() -> None:
     torch.manual_seed(0)
     model = resnet50(zero_init_residual=True, width=WIDTH).eval()

@@ -15,6 +15,8 @@ Dilation is decided while the network is built. A stage whose stride would take 
 
 As torchvision's ``replace_stride_with_dilation`` does, the first block of a dilated stage keeps the
 previous stage's dilation (``previous_dilation``); the later blocks use the stage's own dilation.
+``dilate_first_block=True`` gives the first block the stage's dilation too, as the released Denoised
+NL backbone does (its layer3 blocks all use dilation 2 at output stride 8).
 
 Multi-grid (DeepLabV3 §3.2) applies to layer4 only and overrides that rule: block ``i`` of layer4
 gets dilation ``base * multi_grid[i]``, where ``base`` is layer4's dilation (1, 2 or 4 at output
@@ -161,7 +163,9 @@ class ResNet(nn.Module):
 
     Dilation and multi-grid follow the module docstring: at output stride 8 layer3's blocks use
     dilations (1, 2, 2, ...) and layer4's (2, 4, 4); with ``multi_grid`` layer4's block ``i`` uses
-    ``base * multi_grid[i]`` (base 4 at output stride 8, 2 at 16, 1 at 32).
+    ``base * multi_grid[i]`` (base 4 at output stride 8, 2 at 16, 1 at 32). With
+    ``dilate_first_block`` the first block of every dilated stage uses the stage's dilation as well
+    (layer3 (2, 2, ...) and layer4 (4, 4, 4) at output stride 8).
 
     Stems: ``"classic"`` is conv7×7/2 (``width`` ch) + norm + ReLU + maxpool3×3/2 (torchvision names
     ``conv1``, ``bn1``). ``"deep"`` is three 3×3 convolutions, 3→w stride 2, w→w, w→2w, with norm and
@@ -176,6 +180,8 @@ class ResNet(nn.Module):
         output_stride: ratio of input to layer4 size: 8, 16 or 32.
         stem: ``"classic"`` or ``"deep"``.
         multi_grid: one factor per layer4 block, or None.
+        dilate_first_block: give the first block of a dilated stage the stage's dilation instead of the
+            previous one (released Denoised NL backbone); False follows torchvision.
         norm_layer: normalisation class used everywhere (``nn.BatchNorm2d``, ``nn.SyncBatchNorm``, ...).
         in_channels: channels of the input image.
         width: base channel count; stage ``s`` has ``width * 2**s * block.expansion`` output channels
@@ -198,6 +204,7 @@ class ResNet(nn.Module):
         output_stride: int = 8,
         stem: str = "classic",
         multi_grid: tuple[int, ...] | None = None,
+        dilate_first_block: bool = False,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         in_channels: int = 3,
         width: int = 64,
@@ -245,7 +252,8 @@ class ResNet(nn.Module):
             if reached_stride * stride > output_stride:  # dilate instead of striding
                 dilation, stride = dilation * stride, 1
             reached_stride *= stride
-            dilations = [previous_dilation] + [dilation] * (n_blocks - 1)
+            first_dilation = dilation if dilate_first_block else previous_dilation
+            dilations = [first_dilation] + [dilation] * (n_blocks - 1)
             if name == "layer4" and multi_grid is not None:
                 dilations = [dilation * g for g in multi_grid]
             planes = width * 2**index
@@ -341,8 +349,8 @@ def resnet18(*, pretrained: str | os.PathLike[str] | None = None, **options: Any
 
     Args:
         pretrained: a local weights file (.pth, .pt, .safetensors) loaded strictly, or None.
-        options: keyword options of :class:`ResNet` (output_stride, stem, multi_grid, norm_layer,
-            in_channels, width, zero_init_residual, checkpointing).
+        options: keyword options of :class:`ResNet` (output_stride, stem, multi_grid, dilate_first_block,
+            norm_layer, in_channels, width, zero_init_residual, checkpointing).
     """
     return _build(BasicBlock, (2, 2, 2, 2), pretrained, options)
 

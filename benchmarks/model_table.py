@@ -1,0 +1,220 @@
+"""The model table: every registered model -> the paper row it reproduces -> parameters -> GFLOPs.
+
+    python benchmarks/model_table.py [--json OUT]
+
+Each model is built with 19 classes on the META device and fed a meta tensor of the paper's input
+(768 x 768 for the Denoised NL family, Table V; 2048 x 1024 for ANN and its FCN baseline, Table 2), so
+nothing is computed and nothing is allocated. FLOPs are PyTorch's ``FlopCounterMode`` count of one
+forward pass in eval mode, auxiliary heads included: 2 FLOPs per multiply-add (GMACs = GFLOPs / 2),
+convolutions and matrix products only (elementwise ops, softmax, pooling and resizing are not counted).
+
+For every model built on the Denoised NL pipeline, "Δ GFLOPs" is its count minus that of the same
+pipeline with no block (``dnl_baseline_r*`` with the same options), which is what Table V's deltas
+measure. A second table counts, at the block's input of Table V (1 x 512 x 48 x 48), the blocks the models
+use next to nlseg's blocks of the published heads (see docs/models.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nlseg.analysis.benchmark import count_flops
+from nlseg.blocks import CrissCrossAttention, DenoisedNL, create_block
+from nlseg.models import DenoisedNLPipeline, create_model, list_models, model_info
+from nlseg.models.denoised import BLOCKS
+
+NUM_CLASSES = 19
+DNL_BASELINE_OPTIONS = dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
+# Denoised NL Table V (R-101, 1 x 3 x 768 x 768): what each block adds to the Baseline.
+TABLE_V = {
+    "nl_r101": "+7.63G / +407 MB",
+    "ccnet_r101": "+1.77G / +52 MB",
+    "danet_r101": "+10.04G / +570 MB",
+    "dranet_r101": "+0.76G / +30 MB",
+    "denoised_nl_r101": "+7.83G / +428 MB",
+}
+ANN_PARAMS = {"ann_r101": "63.17 M params (Table 2)"}
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    paper: str
+    miou: float | None
+    input_size: tuple[int, int]
+    options: dict = field(default_factory=dict)
+
+
+def registered_rows() -> list[Row]:
+    rows = []
+    for name in list_models():
+        info = model_info(name)
+        rows.append(Row(name, info["paper"], info["miou"], info["input_size"]))
+    return rows
+
+
+def variant_rows() -> list[Row]:
+    """Paper rows (and released models) that are a registered model with options."""
+    dnl = (768, 768)
+    return [
+        Row("ann_r101", "ANN released code: deep-stem ResNet-101", None, (1024, 2048), {"stem": "deep"}),
+        Row("denoised_nl_r50", "Denoised NL Table II: GR only (R-50)", 81.2, dnl, {"retain": False}),
+        Row("denoised_nl_r50", "Denoised NL Table II: LR only (R-50)", 81.4, dnl, {"rectify": False}),
+        Row("denoised_nl_r101", "Denoised NL Table II: GR only (R-101)", 82.3, dnl, {"retain": False}),
+        Row("denoised_nl_r101", "Denoised NL Table II: LR only (R-101)", 82.5, dnl, {"rectify": False}),
+        Row("denoised_nl_r101", "Denoised NL released model (no global context)", None, dnl, {"global_context": False}),
+        Row("fcn_r50", "Denoised NL Baseline (R-50) read as an FCN", 76.7, dnl, DNL_BASELINE_OPTIONS),
+        Row("fcn_r101", "Denoised NL Baseline (R-101) read as an FCN", 77.9, dnl, DNL_BASELINE_OPTIONS),
+    ]
+
+
+def meta_model(name: str, options: dict) -> nn.Module:
+    with torch.device("meta"):
+        return create_model(name, num_classes=NUM_CLASSES, **options).eval()
+
+
+def gflop(model: nn.Module, *shape: int, extra: tuple = ()) -> float:
+    with torch.device("meta"):
+        inputs = (torch.empty(*shape), *(torch.empty(*s) for s in extra))
+    with torch.no_grad():
+        return count_flops(lambda: model(*inputs)) / 1e9
+
+
+def millions(model: nn.Module, skip: str | None = None) -> float:
+    return sum(p.numel() for n, p in model.named_parameters() if skip is None or not n.startswith(skip)) / 1e6
+
+
+def baseline_gflop(row: Row, cache: dict) -> float | None:
+    """GFLOPs of the Denoised NL pipeline with no block, with the row's depth and options."""
+    depth = row.name.rsplit("_r", 1)[1]
+    baseline = f"dnl_baseline_r{depth}"
+    if baseline not in list_models():
+        return None
+    options = {k: v for k, v in row.options.items() if k == "global_context"}
+    key = (baseline, tuple(sorted(options.items())))
+    if key not in cache:
+        cache[key] = gflop(meta_model(baseline, options), 1, 3, *row.input_size)
+    return cache[key]
+
+
+def measure_rows(rows: list[Row]) -> list[dict]:
+    cache: dict = {}
+    results = []
+    for row in rows:
+        model = meta_model(row.name, row.options)
+        flops = gflop(model, 1, 3, *row.input_size)
+        delta = None
+        if isinstance(model, DenoisedNLPipeline):
+            base = baseline_gflop(row, cache)
+            delta = None if base is None else flops - base
+        results.append(
+            {
+                "model": row.name,
+                "options": row.options,
+                "paper": row.paper,
+                "miou": row.miou,
+                "input": f"{row.input_size[1]}x{row.input_size[0]}",
+                "params_m": millions(model),
+                "params_no_aux_m": millions(model, skip="aux_heads"),
+                "gflops": flops,
+                "gmacs": flops / 2,
+                "delta_gflops": delta,
+                "paper_figure": (TABLE_V | ANN_PARAMS).get(row.name) if not row.options else None,
+            }
+        )
+        print(f"  {row.name} {row.options or ''}: {flops:.1f} GFLOPs", file=sys.stderr, flush=True)
+    return results
+
+
+# Blocks at Table V's block input, 1 x 512 x 48 x 48 (768 / 16). Class map: 19 classes at the same size.
+C, H = 512, 48
+
+
+def block_rows() -> list[tuple[str, str, Callable[[], tuple[nn.Module, tuple]]]]:
+    """(Table V row, what is counted, builder of (block, extra input shapes)) at the block input of Table V."""
+    norm = nn.BatchNorm2d
+    probs = ((1, NUM_CLASSES, H, H),)
+    return [
+        ("+Denoised NL", "the block of denoised_nl_r101 (Ck 64, Cv 512, GR + LR)", lambda: (DenoisedNL(C), probs)),
+        ("+NL", "the block of nl_r101 (q, k: 64; v: 512; γ; no Wo)", lambda: (BLOCKS["nl"](C, norm), ())),
+        ("+NL", "nlseg's nl block: NonLocal2d, C/2 embeddings, Wo + BN",
+         lambda: (create_block("nl", C, scale="none"), ())),
+        ("+DANet", "the block of danet_r101 (PAM + CAM)", lambda: (BLOCKS["danet"](C, norm), ())),
+        ("+DANet", "nlseg's danet block: DANet's head, 3x3 convs to C/4 around PAM and CAM",
+         lambda: (create_block("danet", C, norm_layer=norm), ())),
+        ("+CCNet", "the block of ccnet_r101 (criss-cross attention, R = 2)", lambda: (BLOCKS["ccnet"](C, norm), ())),
+        ("+CCNet", "criss-cross attention, one pass (R = 1)", lambda: (CrissCrossAttention(C, recurrence=1), ())),
+        ("+CCNet", "nlseg's ccnet block: CCNet's RCCA head, 3x3 convs, C/4 inside, R = 2",
+         lambda: (create_block("ccnet", C, out_channels=C, norm_layer=norm), ())),
+        ("+DRANet*", "the block of dranet_r101 (CPAM + CCAM)", lambda: (BLOCKS["dranet"](C, norm), ())),
+        ("+DRANet*", "nlseg's dranet block: DRANet's head, 3x3 convs to C/4 around CPAM and CCAM",
+         lambda: (create_block("dranet", C, norm_layer=norm), ())),
+    ]
+
+
+TABLE_V_ROWS = {"+NL": 7.63, "+CCNet": 1.77, "+DANet": 10.04, "+DRANet*": 0.76, "+Denoised NL": 7.83}
+
+
+def measure_blocks() -> list[dict]:
+    results = []
+    for row, what, make in block_rows():
+        with torch.device("meta"):
+            block, extra = make()
+        block.eval()
+        flops = gflop(block, 1, C, H, H, extra=extra)
+        results.append({"row": row, "block": what, "gflops": flops, "paper": TABLE_V_ROWS[row]})
+    return results
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _options(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
+
+
+def markdown(models: list[dict], blocks: list[dict]) -> str:
+    lines = [
+        "| model | options | paper row | paper mIoU | input (WxH) | params (M) | params w/o aux (M) | GFLOPs | GMACs "
+        "| Δ GFLOPs over the DNL pipeline without block | paper figure |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in models:
+        lines.append(
+            f"| `{r['model']}` | {_options(r['options'])} | {r['paper']} | {_num(r['miou'], 1)} | {r['input']} "
+            f"| {r['params_m']:.2f} | {r['params_no_aux_m']:.2f} | {r['gflops']:.1f} | {r['gmacs']:.1f} "
+            f"| {_num(r['delta_gflops'])} | {r['paper_figure'] or ''} |"
+        )
+    lines += [
+        "",
+        "Blocks alone at Table V's block input (1 x 512 x 48 x 48):",
+        "",
+        "| Table V row | what is counted | GFLOPs | paper Δ GFLOPs |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {b['row']} | {b['block']} | {b['gflops']:.2f} | {b['paper']:.2f} |" for b in blocks]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    print("counting (meta device, FlopCounterMode: 2 FLOPs per multiply-add) ...", file=sys.stderr, flush=True)
+    models = measure_rows(registered_rows() + variant_rows())
+    blocks = measure_blocks()
+    print(markdown(models, blocks))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"models": models, "blocks": blocks}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
