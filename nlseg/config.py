@@ -85,6 +85,8 @@ class TrainConfig:
     iters: int = 40_000
     batch_size: int = 8
     """Images per optimiser step over all processes (split evenly across them)."""
+    optimizer: str = "sgd"
+    """sgd (with momentum; both papers) or adamw."""
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -30,6 +30,7 @@ __all__ = [
     "build_transforms",
     "collate",
     "create_dataset",
+    "dataset_class",
     "list_datasets",
 ]
 
@@ -45,6 +46,17 @@ _DATASETS: dict[str, type[SegmentationDataset]] = {
 def list_datasets() -> list[str]:
     """Names accepted by ``create_dataset``, sorted."""
     return sorted(_DATASETS)
+
+
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    """The class of a data set name (``synthetic`` included), for its classes and palette."""
+    if name == "synthetic":
+        from nlseg.data.synthetic import SyntheticContext
+
+        return SyntheticContext
+    if name not in _DATASETS:
+        raise ValueError(f"unknown data set {name!r}; available: synthetic, {', '.join(list_datasets())}")
+    return _DATASETS[name]
 
 
 def create_dataset(name: str, root: str | Path, split: str, **options: Any) -> SegmentationDataset:

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from nlseg.config import Config, ConfigError, EvalConfig, load_config
+from nlseg.data import dataset_class
 from nlseg.data.base import index_palette, read_image
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
@@ -171,17 +172,6 @@ def predict_logits(
     return total / views
 
 
-def _dataset_class(name: str) -> type | None:
-    """The data set class registered under ``name`` (``synthetic`` included), or None."""
-    if name == "synthetic":
-        from nlseg.data.synthetic import SyntheticContext
-
-        return SyntheticContext
-    from nlseg import data
-
-    return data._DATASETS.get(name)
-
-
 def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]]:
     """Colours of the classes of a data set: its own palette when it has one of ``num_classes`` colours.
 
@@ -195,8 +185,10 @@ def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]
     Returns:
         K RGB tuples.
     """
-    cls = _dataset_class(dataset)
-    palette = list(getattr(cls, "palette", []))
+    try:
+        palette = list(dataset_class(dataset).palette)
+    except ValueError:  # a data set nlseg does not know
+        palette = []
     return palette if len(palette) == num_classes else index_palette(num_classes + 1)[1:]
 
 

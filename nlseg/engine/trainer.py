@@ -134,6 +134,14 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         raise ConfigError(f"model {cfg.model.name!r}: {err}") from None
 
 
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
     if cfg.amp == "off":
         return nullcontext()
@@ -226,7 +234,7 @@ def train(cfg: Config, work_dir: str | Path, *, resume: bool = False) -> dict[st
     elif dist_info.enabled:
         log.print("note: SyncBatchNorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
+    optimizer = _optimizer(model, tcfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(tcfg))
     scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
     start_iter, best_miou = 0, float("-inf")

@@ -321,6 +321,10 @@ COMPARISONS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
 register_model(
     "denoised_nl_r18", paper="demo size (no paper row): Denoised NL on ResNet-18", input_size=DNL_INPUT
 )(functools.partial(DenoisedNLNet, backbone="resnet18", multi_grid=(1, 2)))
+register_model(
+    "dnl_baseline_r18", paper="demo size (no paper row): the Denoised NL pipeline without a block, ResNet-18",
+    input_size=DNL_INPUT,
+)(functools.partial(DenoisedNLPipeline, None, backbone="resnet18", multi_grid=(1, 2)))
 for _depth, _miou in ((50, 82.0), (101, 83.5)):
     register_model(
         f"denoised_nl_r{_depth}",
