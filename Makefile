@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.nlseg-installed
 
 # Create the virtual environment and install nlseg into it. torch is pinned to the CPU build
 # that lies on disk (2.13.0) when no torch is present, so an unpinned CUDA download never happens.
+# cityscapesscripts is the official Cityscapes evaluator, for the test that compares its mIoU with
+# nlseg's; --no-deps because its pixel-level path needs only numpy, pillow and pyquaternion.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps "cityscapesscripts==2.3.0" "pyquaternion>=0.9.9"
 	touch $(STAMP)
 
 install: $(STAMP)
