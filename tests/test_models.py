@@ -23,15 +23,6 @@ SIZE = (65, 67)
 SMALL = dict(backbone_width=8, head_channels=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: intra-op threads only add overhead, and on busy shared cores a lot of it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TaggedNorm(nn.BatchNorm2d):
     """A BatchNorm2d the tests can tell apart, to see that ``norm_layer`` reaches every norm."""
 
