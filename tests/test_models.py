@@ -49,7 +49,7 @@ def test_every_row_of_both_papers_is_registered():
     families = {
         "fcn": (18, 50, 101),
         "denoised_nl": (18, 50, 101),
-        "dnl_baseline": (50, 101),
+        "dnl_baseline": (18, 50, 101),
         **{f: (50, 101) for f in ("nl", "ocnet", "ccnet", "danet", "dranet", "ppm", "aspp")},
         **{
             f: (50, 101)
