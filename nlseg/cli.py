@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for index PNGs, colour PNGs and overlays")
 
     p = sub.add_parser("bench", help="efficiency reports (FLOPs, memory, time)")
-    p.add_argument("target", choices=["ops", "blocks", "models"])
+    p.add_argument("target", choices=["ops", "blocks", "models", "table5"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of that report (--help for them)")
 
     p = sub.add_parser("viz", help="pictures: attention maps, predictions, confusion matrix, curves")

@@ -117,7 +117,8 @@ def evaluate(
     Returns:
         ``mIoU``, ``mAcc``, ``aAcc`` (percent), ``per_class_iou`` and ``per_class_acc`` (class name ->
         percent; NaN for a class absent from the ground truth and the predictions, resp. from the
-        ground truth), ``num_images`` (images scored, over all processes).
+        ground truth), ``num_images`` (images scored, over all processes), ``confusion_matrix``
+        (pixel counts as K lists of K ints: row = ground-truth class, column = predicted class).
     """
     device = torch.device(device)
     if export_dir is not None:
@@ -170,6 +171,7 @@ def evaluate(
         "per_class_iou": dict(zip(names, scores["per_class_iou"])),
         "per_class_acc": dict(zip(names, scores["per_class_acc"])),
         "num_images": int(scored.item()),
+        "confusion_matrix": matrix.matrix.cpu().tolist(),
     }
 
 
