@@ -102,7 +102,7 @@ def attention_maps(block: nn.Module, inputs: BlockInputs, index: tuple[int, int]
     if isinstance(block, DenoisedNL):
         probs = None
         if block.rectify:
-            probs = block._class_probs(inputs.class_map, tuple(x.shape[-2:]))  # (1, K, h, w), as in its forward
+            probs = block.class_probs(inputs.class_map, tuple(x.shape[-2:]))  # (1, K, h, w), as in its forward
         maps = denoised_attention_rows(block.query(x), block.key(x), probs, index, kernel_size=block.kernel_size)
         return {"A": maps[0][0], "A' (GR)": maps[1][0], "A'' (LR)": maps[2][0]}
     if isinstance(block, APNB):

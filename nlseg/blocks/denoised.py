@@ -67,7 +67,7 @@ class DenoisedNL(nn.Module):
         self.value = nn.Conv2d(in_channels, value_channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def _class_probs(self, class_map: Tensor, size: tuple[int, int]) -> Tensor:
+    def class_probs(self, class_map: Tensor, size: tuple[int, int]) -> Tensor:
         """Class probabilities (B, K, H, W) at ``size`` from a class map of probabilities or logits."""
         if class_map.shape[-2:] != size:
             class_map = F.interpolate(class_map, size=size, mode="bilinear", align_corners=True)
@@ -79,7 +79,7 @@ class DenoisedNL(nn.Module):
         if self.rectify:
             if class_map is None:
                 raise ValueError("DenoisedNL(rectify=True) needs a class map: forward(x, class_map)")
-            probs = self._class_probs(class_map, tuple(x.shape[-2:]))
+            probs = self.class_probs(class_map, tuple(x.shape[-2:]))
         out = denoised_attention(
             self.query(x),
             self.key(x),

@@ -9,7 +9,7 @@ neither direction of autograd ever holds a (B, C * k^2, N) buffer:
 
 - ``local_relation(q, k)[b, n, j]      = q_j · k_{j+n}``                 (dot with a neighbour)
 - ``local_aggregate(v, w)[b, :, m]     = Σ_n w[b, n, m-n] · v_{m-n}``    (scatter to neighbours, a ``fold``)
-- ``_local_gather(x, w)[b, :, j]       = Σ_n w[b, n, j] · x_{j+n}``      (weighted sum of neighbours)
+- ``_gather(x, w)[b, :, j]             = Σ_n w[b, n, j] · x_{j+n}``      (weighted sum of neighbours)
 
 They are each other's gradients, which is how the custom backward passes below are written.
 The ``*_reference`` versions use ``F.unfold`` / ``F.fold`` the way the released code does.
