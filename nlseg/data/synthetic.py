@@ -4,16 +4,18 @@ It stages the two kinds of attention noise of the Denoised NL paper (Song et al.
 §III-D/E) so that a network with non-local context can be told apart from a local one in minutes on a CPU:
 
 - Inter-class noise (§III-D). Every image holds a few discs of one shared striped texture. They are
-  all ``disc_a`` or all ``disc_b``; the two classes are drawn from the same texture generator, so a disc
-  alone does not say which. The answer is a small square ``beacon`` next to one of the discs: red for
-  ``disc_a``, blue for ``disc_b``. The other discs lie far from the beacon (``cue_distance``), beyond
-  the effective receptive field of a small CNN; a non-local block relates them to the cued disc by
-  their similar appearance and carries the answer over.
+  all ``disc_a`` or all ``disc_b``; both classes come from the same texture generator, so a disc alone
+  does not say which. The answer is a square beacon next to one of the discs: a red ``beacon_a`` or a
+  blue ``beacon_b``. Every other disc lies at least ``cue_distance`` (half the image width by default)
+  from the beacon, farther than a dilated ResNet-18 at output stride 8 looks in practice on the default
+  96x256 strips; a non-local block relates those discs to the cued one by their shared appearance and
+  carries the answer over. (Two beacon classes rather than one make the networks encode the beacon's
+  colour, which they then only have to move.)
 - Intra-class noise (§III-E). A large ``building`` (brick texture) has "hollows": patches inside it
-  painted with this image's background texture but labelled ``building``. Only the surrounding
-  object says what they are.
+  painted with this image's background texture but labelled ``building``; the surrounding object, not
+  the local texture, says what they are.
 
-``sky``, ``grass`` and ``beacon`` are decidable from local appearance, so the per-class table
+``sky``, ``grass`` and the beacons are decidable from local appearance, so the per-class table
 separates what context buys from what any network gets.
 
 Image ``i`` of split ``s`` is a pure function of ``(seed, s, i)`` and the options: it is drawn from its
@@ -32,7 +34,7 @@ from nlseg.data.base import IGNORE_INDEX, Sample, Transform
 
 __all__ = ["SyntheticContext"]
 
-BACKGROUND, SKY, GRASS, BUILDING, BEACON, DISC_A, DISC_B = range(7)
+BACKGROUND, SKY, GRASS, BUILDING, BEACON_A, BEACON_B, DISC_A, DISC_B = range(8)
 
 # Colours in 0..1 RGB. The two beacon colours are the only difference between the disc_a and disc_b
 # images; nothing else in an image may correlate with the disc class.
@@ -53,13 +55,14 @@ _BEACON_RGB = {
 _DISC_RADIUS = (0.1, 0.14)
 _DISC_GAP = 0.05  # least free space between two discs
 _STRIPE_PERIOD = 0.05
-_BEACON_SIDE = 0.12
+_BEACON_SIDE = 0.2
 _BEACON_GAP = (0.01, 0.03)  # free space between the cued disc and its beacon
 _BUILDING_SIDE = (0.5, 0.75)
 _HOLLOW_RADIUS = (0.12, 0.2)
 _HOLLOW_MARGIN = 0.04  # least building texture between a hollow and the building's edge
 _BRICK_HEIGHT, _BRICK_WIDTH = 0.06, 0.12
-_PLACEMENT_TRIES = 40
+_PLACEMENT_TRIES = 40  # draws per extra disc
+_LAYOUT_TRIES = 1000  # draws of the cued disc and its beacon
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -86,17 +89,19 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.n
 class SyntheticContext(Dataset):
     """Embedded segmentation data set whose ambiguous classes are decided by context far away.
 
-    Denoised NL §III-D (inter-class noise: ``disc_a`` and ``disc_b`` look alike, a distant ``beacon``
+    Denoised NL §III-D (inter-class noise: ``disc_a`` and ``disc_b`` look alike, a distant beacon
     decides) and §III-E (intra-class noise: background-textured hollows inside ``building``).
     See the module docstring and :meth:`describe`.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; each split is its own random stream.
         length: number of images in the split.
-        size: image (height, width), or one int for a square.
+        size: image (height, width), or one int for a square. The default wide strip leaves room to put
+            discs farther from the beacon than a ResNet-18 looks.
         seed: base seed; image ``i`` depends only on (seed, split, i) and the options below.
         transform: callable applied to every sample dict (see ``nlseg.data.transforms``).
-        discs: least and most number of discs per image, the cued one included (at least 2).
+        discs: least and most number of discs per image, the cued one included; fewer are drawn when
+            the far ones do not fit, but never fewer than 2.
         hollows: least and most number of hollows inside the building; ``(0, 0)`` turns them off.
         cue_distance: least distance from the beacon's centre to every disc but the cued one, as a
             fraction of the longer image side. Larger is harder for a local network.
@@ -108,17 +113,18 @@ class SyntheticContext(Dataset):
     """
 
     name: ClassVar[str] = "synthetic"
-    classes: tuple[str, ...] = ("background", "sky", "grass", "building", "beacon", "disc_a", "disc_b")
+    classes: tuple[str, ...] = ("background", "sky", "grass", "building", "beacon_a", "beacon_b", "disc_a", "disc_b")
     palette: list[tuple[int, int, int]] = [
         (0, 0, 0),
         (70, 130, 180),
         (107, 142, 35),
         (128, 64, 128),
-        (250, 170, 30),
+        (255, 140, 140),
+        (140, 170, 255),
         (220, 20, 60),
         (0, 0, 142),
     ]
-    num_classes: int = 7
+    num_classes: int = 8
     ignore_index: ClassVar[int] = IGNORE_INDEX
     splits: ClassVar[tuple[str, ...]] = tuple(_SPLITS)
 
@@ -183,15 +189,16 @@ class SyntheticContext(Dataset):
     def describe(cls) -> str:
         """A paragraph for the demo: what the classes are and why context decides some of them."""
         return (
-            "SyntheticContext: 7 classes (background, sky, grass, building, beacon, disc_a, disc_b). "
-            "Each image holds 2-5 orange striped discs that are all disc_a or all disc_b; the two classes share "
-            "one texture, so a disc alone cannot be told. A small square beacon next to one of the discs "
-            "decides: red means disc_a, blue means disc_b. The other discs lie at least half the image side "
-            "away from the beacon, beyond what a small CNN's receptive field really uses, so a local network "
-            "guesses them (about chance); a non-local block links them to the cued disc by their similar "
-            "appearance (the inter-class noise of Denoised NL §III-D). The large brick building has hollows "
-            "painted with the background's texture but labelled building: only the surrounding object tells "
-            "(the intra-class noise of §III-E). Sky, grass and beacon are decidable locally."
+            "SyntheticContext: 8 classes (background, sky, grass, building, beacon_a, beacon_b, disc_a, disc_b) "
+            "on 96x256 street-like strips. Every image holds a few orange striped discs that are all disc_a or "
+            "all disc_b; the two classes share one texture, so a disc alone cannot be told. A square beacon next "
+            "to one of the discs decides: a red beacon_a means disc_a, a blue beacon_b means disc_b. All other "
+            "discs lie at least half the image width from the beacon, farther than a dilated ResNet-18 at output "
+            "stride 8 looks in practice, so a local network can only guess them; a non-local block links them "
+            "to the cued disc by their shared appearance (the inter-class noise of Denoised NL §III-D). The brick "
+            "building has hollows painted with the background's texture but labelled building: the surrounding "
+            "object, not the local texture, tells (the intra-class noise of §III-E). Sky, grass and the beacons "
+            "are decidable locally."
         )
 
     # Generation ---------------------------------------------------------------------------------
@@ -275,7 +282,7 @@ class SyntheticContext(Dataset):
         disc_class = DISC_A if rng.random() < 0.5 else DISC_B
         count = int(rng.integers(self.discs[0], self.discs[1] + 1))
         side = _BEACON_SIDE * s
-        while True:  # retry until at least one disc fits far from the beacon
+        for _ in range(_LAYOUT_TRIES):  # redraw the cued disc until at least one disc fits far from its beacon
             radius = rng.uniform(*_DISC_RADIUS) * s
             cy, cx = rng.uniform(radius, h - radius), rng.uniform(radius, w - radius)
             angle = rng.uniform(0, 2 * np.pi)
@@ -295,6 +302,9 @@ class SyntheticContext(Dataset):
                     discs.append((y, x, r))
             if len(discs) >= 2:
                 break
+        else:
+            raise RuntimeError(f"{self.name}: no layout puts a disc {self.cue_distance} x {max(h, w)} pixels from "
+                               f"the beacon in a {h}x{w} image; lower cue_distance")
 
         for y, x, r in discs:
             y0, y1 = max(int(y - r), 0), min(int(math.ceil(y + r)), h)
@@ -313,4 +323,4 @@ class SyntheticContext(Dataset):
         x0, x1 = int(round(bx - half)), int(round(bx + half))
         image[y0:y1, x0:x1] = _BEACON_RGB[disc_class] + 0.04 * rng.standard_normal((y1 - y0, x1 - x0, 1),
                                                                                    dtype=np.float32)
-        label[y0:y1, x0:x1] = BEACON
+        label[y0:y1, x0:x1] = BEACON_A if disc_class == DISC_A else BEACON_B
