@@ -178,3 +178,14 @@ def test_bench_ops_rows():
         ("nonlocal_attention", "fwd"), ("nonlocal_attention", "fwd+bwd"),
     ]
     assert all(r["released_ms"] > 0 and r["nlseg_peak_mib"] > 0 for r in rows)
+
+
+def test_flop_count_sees_cpu_flash_attention():
+    """FlopCounterMode does not know PyTorch's CPU flash kernel; nlseg counts it like the products it does."""
+    from nlseg.analysis.benchmark import count_flops
+    from nlseg.ops import nonlocal_attention, nonlocal_attention_reference
+
+    q, k, v = torch.randn(1, 30, 8), torch.randn(1, 20, 8), torch.randn(1, 20, 8)
+    closed_form = 2 * 30 * 20 * (8 + 8)  # q kᵀ and P v
+    assert count_flops(lambda: nonlocal_attention(q, k, v)) == closed_form
+    assert count_flops(lambda: nonlocal_attention_reference(q, k, v)) == closed_form

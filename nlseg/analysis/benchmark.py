@@ -27,8 +27,27 @@ def _inplace_product_flops(self_shape, a_shape, b_shape, *args, out_shape=None, 
     return 2 * batch * a_shape[-2] * a_shape[-1] * b_shape[-1]
 
 
-# FlopCounterMode knows the out-of-place products only; the in-place ones do the same work.
-_INPLACE_PRODUCTS = {torch.ops.aten.baddbmm_: _inplace_product_flops, torch.ops.aten.addmm_: _inplace_product_flops}
+def _cpu_flash_flops(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """CPU flash attention forward: q kᵀ and P v, 2 FLOPs per multiply-add, as FlopCounterMode counts SDPA on GPU."""
+    b, h, nq, d = q_shape
+    return 2 * b * h * nq * k_shape[-2] * (d + v_shape[-1])
+
+
+def _cpu_flash_backward_flops(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """Its backward: q kᵀ recomputed, dV, dP, dQ, dK (five products), as FlopCounterMode counts SDPA on GPU."""
+    b, h, nq, d = q_shape
+    nk, dv = k_shape[-2], v_shape[-1]
+    return 2 * b * h * nq * nk * (3 * d + 2 * dv)
+
+
+# FlopCounterMode knows the out-of-place products and the GPU attention kernels only; the in-place products
+# and PyTorch's CPU flash attention do the same work as their counted relatives.
+_INPLACE_PRODUCTS = {
+    torch.ops.aten.baddbmm_: _inplace_product_flops,
+    torch.ops.aten.addmm_: _inplace_product_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
+}
 
 
 def count_flops(fn: Callable[[], object]) -> float:
