@@ -9,7 +9,7 @@ import torch
 
 from nlseg.data.synthetic import _BEACON_GAP, _BEACON_SIDE, _DISC_RADIUS, SyntheticContext
 
-SIZE = 64
+SIZE = (48, 128)  # a small strip shaped like the default (96, 256)
 A, B = SyntheticContext.classes.index("disc_a"), SyntheticContext.classes.index("disc_b")
 BEACON_A, BEACON_B = SyntheticContext.classes.index("beacon_a"), SyntheticContext.classes.index("beacon_b")
 BUILDING = SyntheticContext.classes.index("building")
@@ -125,21 +125,26 @@ def test_one_disc_class_per_image_and_all_but_the_cued_disc_far_from_the_beacon(
         assert not ((dist > near_limit) & (dist < far_limit)).any()
 
 
-def _hollow_fraction(samples: list[dict]) -> float:
-    """Fraction of building pixels whose colour is far from both brick and mortar: the hollows."""
+def _hollows(samples: list[dict]) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Building pixels whose colour is far from both brick and mortar (the hollows): their fraction of the
+    building, their mean colour, and the mean colour of the background pixels."""
     brick, mortar = torch.tensor([0.47, 0.33, 0.52]), torch.tensor([0.72, 0.68, 0.74])
-    far, total = 0, 0
+    hollow, building, background = [], 0, []
     for sample in samples:
         pixels = sample["image"][:, sample["label"] == BUILDING].T  # (n, 3)
         distance = torch.minimum((pixels - brick).norm(dim=1), (pixels - mortar).norm(dim=1))
-        far += int((distance > 0.2).sum())
-        total += len(pixels)
-    return far / total
+        hollow.append(pixels[distance > 0.2])
+        building += len(pixels)
+        background.append(sample["image"][:, sample["label"] == 0].T)
+    hollow_pixels = torch.cat(hollow)
+    return len(hollow_pixels) / building, hollow_pixels.mean(0), torch.cat(background).mean(0)
 
 
 def test_building_has_background_textured_hollows_unless_turned_off() -> None:
-    assert _hollow_fraction(_samples(30)) > 0.08
-    assert _hollow_fraction(_samples(30, hollows=(0, 0))) < 0.002
+    fraction, hollow_colour, background_colour = _hollows(_samples(40))
+    assert fraction > 0.08
+    torch.testing.assert_close(hollow_colour, background_colour, rtol=0, atol=0.03)
+    assert _hollows(_samples(40, hollows=(0, 0)))[0] < 0.002
 
 
 def test_bad_arguments_raise_with_what_is_allowed() -> None:

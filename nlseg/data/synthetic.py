@@ -74,10 +74,9 @@ def _upsample(grid: np.ndarray, h: int, w: int) -> np.ndarray:
     x = np.linspace(0, gw - 1, w, dtype=np.float32)
     y0 = np.minimum(y.astype(np.int64), gh - 2)
     x0 = np.minimum(x.astype(np.int64), gw - 2)
-    fy, fx = (y - y0)[:, None], (x - x0)[None, :]
-    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx  # (h, w)
-    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx  # (h, w)
-    return top * (1 - fy) + bottom * fy
+    fy, fx = (y - y0)[:, None], x - x0
+    rows = grid[:, x0] * (1 - fx) + grid[:, x0 + 1] * fx  # (gh, w): along x first, it is separable
+    return rows[y0] * (1 - fy) + rows[y0 + 1] * fy  # (h, w)
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
@@ -113,8 +112,8 @@ class SyntheticContext(Dataset):
     """
 
     name: ClassVar[str] = "synthetic"
-    classes: tuple[str, ...] = ("background", "sky", "grass", "building", "beacon_a", "beacon_b", "disc_a", "disc_b")
-    palette: list[tuple[int, int, int]] = [
+    classes: ClassVar[tuple[str, ...]] = ("background", "sky", "grass", "building", "beacon_a", "beacon_b", "disc_a", "disc_b")
+    palette: ClassVar[list[tuple[int, int, int]]] = [
         (0, 0, 0),
         (70, 130, 180),
         (107, 142, 35),
@@ -124,7 +123,7 @@ class SyntheticContext(Dataset):
         (220, 20, 60),
         (0, 0, 142),
     ]
-    num_classes: int = 8
+    num_classes: ClassVar[int] = 8
     ignore_index: ClassVar[int] = IGNORE_INDEX
     splits: ClassVar[tuple[str, ...]] = tuple(_SPLITS)
 
@@ -168,7 +167,9 @@ class SyntheticContext(Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.length:
-            raise IndexError(f"{self.name}: index {index} out of range for split {self.split!r} of length {self.length}")
+            raise IndexError(
+                f"{self.name}: index {index} out of range for split {self.split!r} of length {self.length}"
+            )
         rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
         image, label = self._generate(rng)
         sample: Sample = {
@@ -242,7 +243,7 @@ class SyntheticContext(Dataset):
         self._paint_building(rng, image, label, background, s)
         self._paint_discs(rng, image, label, s)
 
-        image += self.noise * rng.standard_normal((h, w, 3), dtype=np.float32)
+        image += (rng.random((h, w, 3), dtype=np.float32) - 0.5) * (self.noise * math.sqrt(12))  # std = noise
         np.clip(image, 0.0, 1.0, out=image)
         return image, label
 
@@ -253,8 +254,8 @@ class SyntheticContext(Dataset):
         bh = min(rng.uniform(*_BUILDING_SIDE) * s, h)
         bw = min(rng.uniform(*_BUILDING_SIDE) * s, w)
         top, left = rng.uniform(0, h - bh), rng.uniform(0, w - bw)
-        y0, y1 = int(top), int(math.ceil(top + bh))
-        x0, x1 = int(left), int(math.ceil(left + bw))
+        y0, y1 = int(top), math.ceil(top + bh)
+        x0, x1 = int(left), math.ceil(left + bw)
         yy, xx = self._yy[y0:y1, x0:x1], self._xx[y0:y1, x0:x1]  # (h', w') each
 
         brick_h, brick_w = _BRICK_HEIGHT * s, _BRICK_WIDTH * s
@@ -307,8 +308,8 @@ class SyntheticContext(Dataset):
                                f"the beacon in a {h}x{w} image; lower cue_distance")
 
         for y, x, r in discs:
-            y0, y1 = max(int(y - r), 0), min(int(math.ceil(y + r)), h)
-            x0, x1 = max(int(x - r), 0), min(int(math.ceil(x + r)), w)
+            y0, y1 = max(int(y - r), 0), min(math.ceil(y + r), h)
+            x0, x1 = max(int(x - r), 0), min(math.ceil(x + r), w)
             yy, xx = self._yy[y0:y1, x0:x1], self._xx[y0:y1, x0:x1]  # (h', w') each
             inside = (yy - y) ** 2 + (xx - x) ** 2 <= r * r
             theta, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
@@ -319,8 +320,8 @@ class SyntheticContext(Dataset):
             label[y0:y1, x0:x1][inside] = disc_class
 
         half = side / 2
-        y0, y1 = int(round(by - half)), int(round(by + half))
-        x0, x1 = int(round(bx - half)), int(round(bx + half))
+        y0, y1 = round(by - half), round(by + half)
+        x0, x1 = round(bx - half), round(bx + half)
         image[y0:y1, x0:x1] = _BEACON_RGB[disc_class] + 0.04 * rng.standard_normal((y1 - y0, x1 - x0, 1),
                                                                                    dtype=np.float32)
         label[y0:y1, x0:x1] = BEACON_A if disc_class == DISC_A else BEACON_B
