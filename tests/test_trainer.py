@@ -76,7 +76,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     work = tmp_path / "killed"
     cmd = [sys.executable, "-m", "nlseg", "train", str(recipe), "--work-dir", str(work)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # same intra-op thread count as this process (conftest): CPU reductions are summed in a thread-dependent order
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
     while not (work / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
