@@ -56,7 +56,10 @@ def _picture(cfg: Config, models: dict[str, torch.nn.Module], path: Path, count:
     for i in range(min(count, len(dataset))):
         sample = dataset[i]
         image = ((sample["image"] * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        tiles = [image, palette[sample["label"].clamp(max=len(palette) - 1).numpy()]]
+        label = sample["label"].numpy()
+        truth = palette[np.where(label == dataset.ignore_index, 0, label)]
+        truth[label == dataset.ignore_index] = 0  # ignored pixels drawn black, not as a class
+        tiles = [image, truth]
         for model in models.values():
             with torch.no_grad():
                 pred = model(sample["image"][None])["out"][0].argmax(0)
