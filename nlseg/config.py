@@ -66,6 +66,10 @@ class DataConfig:
     num_workers: int = 2
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the data set class (e.g. ``num_classes: 59`` for PASCAL Context)."""
+    eval_options: dict[str, Any] = field(default_factory=dict)
+    """Options that replace those of ``options`` when the data set is built for evaluation (the demo
+    evaluates on wider synthetic strips than it trains on, as the paper recipes test on full images
+    after training on crops)."""
 
 
 @dataclass

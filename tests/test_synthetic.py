@@ -35,6 +35,23 @@ def test_same_seed_split_index_gives_identical_tensors_and_any_change_differs() 
         assert not torch.equal(first["label"], other["label"])
 
 
+def test_cache_serves_the_same_samples_and_in_place_transforms_do_not_reach_it() -> None:
+    def scribble(sample: dict) -> dict:
+        sample["image"].mul_(0)  # an in-place transform
+        sample["label"].fill_(0)
+        return sample
+
+    plain = SyntheticContext("train", length=4, size=SIZE, seed=2)
+    cached = SyntheticContext("train", length=4, size=SIZE, seed=2, cache=True, transform=scribble)
+    cached[1]  # generated, transformed, cached
+    cached.transform = None
+    for index in (1, 1, 3):
+        expected, got = plain[index], cached[index]
+        torch.testing.assert_close(got["image"], expected["image"], rtol=0, atol=0)
+        assert torch.equal(got["label"], expected["label"]) and got["label"].dtype == torch.int64
+    assert sorted(cached._cache) == [1, 3]
+
+
 def test_generation_does_not_touch_global_random_state() -> None:
     torch.manual_seed(0)
     np.random.seed(0)

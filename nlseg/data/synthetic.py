@@ -6,11 +6,13 @@ It stages the two kinds of attention noise of the Denoised NL paper (Song et al.
 - Inter-class noise (§III-D). Every image holds a few discs of one shared striped texture. They are
   all ``disc_a`` or all ``disc_b``; both classes come from the same texture generator, so a disc alone
   does not say which. The answer is a square beacon next to one of the discs: a red ``beacon_a`` or a
-  blue ``beacon_b``. Every other disc lies at least ``cue_distance`` (half the image width by default)
-  from the beacon, farther than a dilated ResNet-18 at output stride 8 looks in practice on the default
-  96x256 strips; a non-local block relates those discs to the cued one by their shared appearance and
-  carries the answer over. (Two beacon classes rather than one make the networks encode the beacon's
-  colour, which they then only have to move.)
+  blue ``beacon_b``. Every other disc lies at least ``cue_distance`` (half the longer image side by
+  default) from the beacon. A convolutional network can only carry the beacon's colour as far as its
+  receptive field and training take it: the demo's dilated ResNet-18 (receptive field 727 px wide) learns
+  to reach the far discs of 96x256 strips (>= 128 px) but not those of 96x512 strips (>= 256 px). A
+  non-local block gathers evidence from the whole image in one step, at any distance.
+  (Two beacon classes rather than one make the networks encode the beacon's colour, which they then
+  only have to move.)
 - Intra-class noise (§III-E). A large ``building`` (brick texture) has "hollows": patches inside it
   painted with this image's background texture but labelled ``building``; the surrounding object, not
   the local texture, says what they are.
@@ -95,8 +97,8 @@ class SyntheticContext(Dataset):
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; each split is its own random stream.
         length: number of images in the split.
-        size: image (height, width), or one int for a square. The default wide strip leaves room to put
-            discs farther from the beacon than a ResNet-18 looks.
+        size: image (height, width), or one int for a square. A wide strip leaves room to put discs far
+            from the beacon.
         seed: base seed; image ``i`` depends only on (seed, split, i) and the options below.
         transform: callable applied to every sample dict (see ``nlseg.data.transforms``).
         discs: least and most number of discs per image, the cued one included; fewer are drawn when
@@ -105,6 +107,9 @@ class SyntheticContext(Dataset):
         cue_distance: least distance from the beacon's centre to every disc but the cued one, as a
             fraction of the longer image side. Larger is harder for a local network.
         noise: standard deviation of the per-pixel noise added to every texture.
+        cache: keep every generated image in memory (about 0.3 MB per 96x256 image) and serve it from
+            there the next time; the result is the same, generation (a few ms per image) is skipped.
+            Each data loader worker process keeps its own cache.
 
     Each sample is a dict with ``image`` ((3, H, W) float32 in 0..1), ``label`` ((H, W) int64),
     ``image_path`` (a synthetic id such as ``"synthetic/train/000012"``), ``label_path`` (None) and
@@ -139,6 +144,7 @@ class SyntheticContext(Dataset):
         hollows: tuple[int, int] = (1, 3),
         cue_distance: float = 0.5,
         noise: float = 0.03,
+        cache: bool = False,
     ) -> None:
         if split not in _SPLITS:
             raise ValueError(f"{self.name}: unknown split {split!r}; expected one of {', '.join(_SPLITS)}")
@@ -161,6 +167,7 @@ class SyntheticContext(Dataset):
         self.size = (int(h), int(w))
         self.discs, self.hollows, self.cue_distance, self.noise = tuple(discs), tuple(hollows), cue_distance, noise
         self._yy, self._xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres, (H, W) each
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.length
@@ -170,11 +177,18 @@ class SyntheticContext(Dataset):
             raise IndexError(
                 f"{self.name}: index {index} out of range for split {self.split!r} of length {self.length}"
             )
-        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-        image, label = self._generate(rng)
+        if self._cache is not None and index in self._cache:
+            image, label = self._cache[index]
+        else:
+            rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
+            image_hwc, label_hw = self._generate(rng)
+            image = torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))  # (3, H, W)
+            label = torch.from_numpy(label_hw.astype(np.uint8))  # (H, W); 8 classes
+            if self._cache is not None:
+                self._cache[index] = image, label
         sample: Sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),  # (3, H, W)
-            "label": torch.from_numpy(label),  # (H, W)
+            "image": image.clone(),  # transforms may work in place: the cached tensors stay untouched
+            "label": label.long(),
             "image_path": f"synthetic/{self.split}/{index:06d}",
             "label_path": None,
             "name": f"{self.split}_{index:06d}",
@@ -191,15 +205,14 @@ class SyntheticContext(Dataset):
         """A paragraph for the demo: what the classes are and why context decides some of them."""
         return (
             "SyntheticContext: 8 classes (background, sky, grass, building, beacon_a, beacon_b, disc_a, disc_b) "
-            "on 96x256 street-like strips. Every image holds a few orange striped discs that are all disc_a or "
-            "all disc_b; the two classes share one texture, so a disc alone cannot be told. A square beacon next "
-            "to one of the discs decides: a red beacon_a means disc_a, a blue beacon_b means disc_b. All other "
-            "discs lie at least half the image width from the beacon, farther than a dilated ResNet-18 at output "
-            "stride 8 looks in practice, so a local network can only guess them; a non-local block links them "
-            "to the cued disc by their shared appearance (the inter-class noise of Denoised NL §III-D). The brick "
-            "building has hollows painted with the background's texture but labelled building: the surrounding "
-            "object, not the local texture, tells (the intra-class noise of §III-E). Sky, grass and the beacons "
-            "are decidable locally."
+            "on street-like strips. Every image holds a few orange striped discs that are all disc_a or all "
+            "disc_b; the two classes share one texture, so a disc alone cannot be told. A square beacon next to "
+            "one of the discs decides: a red beacon_a means disc_a, a blue beacon_b means disc_b. All other discs "
+            "lie at least half the strip's width from the beacon, so the evidence has to travel that far: a "
+            "convolution carries it as far as its receptive field and training take it, a non-local block "
+            "gathers it from the whole image in one step (the inter-class noise of Denoised NL §III-D). The brick building has hollows painted with the background's texture but "
+            "labelled building: the surrounding object, not the local texture, tells (the intra-class noise of "
+            "§III-E). Sky, grass and the beacons are decidable locally."
         )
 
     # Generation ---------------------------------------------------------------------------------
