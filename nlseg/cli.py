@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="demo_out", help="folder for the pictures and the work dirs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iters", type=int, help="training iterations per model (default: the demo recipe's)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field of both demo recipes, e.g. --set train.lr=0.001 (repeatable)",
+    )
 
     p = sub.add_parser("list", help="list models, blocks, recipes or data sets")
     p.add_argument("what", choices=["models", "blocks", "recipes", "datasets"])
