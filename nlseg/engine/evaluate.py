@@ -35,7 +35,7 @@ from nlseg.data.ade20k import ADE20K
 from nlseg.data.base import DatasetError
 from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.distributed import resolve_device
-from nlseg.engine.inference import build_model_from_checkpoint, predict_logits
+from nlseg.engine.inference import build_model_from_checkpoint, predict_with_config
 from nlseg.engine.metrics import ConfusionMatrix
 
 __all__ = ["EXPORT_FORMATS", "default_export_format", "evaluate", "export_values", "format_table", "main_eval"]
@@ -107,7 +107,7 @@ def evaluate(
             (3, H, W), ``label`` (H', W') and ``name``; the probabilities are resized to the label's
             size when the image was resized (``eval.size``). Images without a label (a test split)
             are only exported.
-        eval_cfg: inference settings (see ``predict_logits``).
+        eval_cfg: inference settings (see ``predict_with_config``).
         device: where the model runs.
         num_classes: K.
         export_dir: write one prediction PNG per image here (created).
@@ -136,17 +136,8 @@ def evaluate(
     try:
         for index in tqdm(_shard(len(dataset)), desc="eval", unit="img", disable=not progress):
             sample = dataset[index]
-            probs = predict_logits(
-                model,
-                sample["image"][None].to(device),
-                mode=eval_cfg.mode,
-                crop_size=eval_cfg.crop_size,
-                stride=eval_cfg.stride,
-                scales=eval_cfg.scales,
-                flip=eval_cfg.flip,
-                size=eval_cfg.size,
-                num_classes=num_classes,
-                align_corners=align_corners,
+            probs = predict_with_config(
+                model, sample["image"][None].to(device), eval_cfg, num_classes=num_classes, align_corners=align_corners
             )  # (1, K, h, w)
             label = sample.get("label")
             if label is not None and probs.shape[-2:] != label.shape:

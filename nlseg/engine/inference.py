@@ -45,6 +45,7 @@ __all__ = [
     "dataset_palette",
     "main_predict",
     "predict_logits",
+    "predict_with_config",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -172,6 +173,25 @@ def predict_logits(
     return total / views
 
 
+def predict_with_config(
+    model: nn.Module, image: Tensor, eval_cfg: EvalConfig, *, num_classes: int, align_corners: bool | None = None
+) -> Tensor:
+    """:func:`predict_logits` with the settings of a recipe's ``eval`` section (mode, crop, stride,
+    scales, flip, size): (B, K, H, W) probabilities of a (B, 3, H, W) normalised batch."""
+    return predict_logits(
+        model,
+        image,
+        mode=eval_cfg.mode,
+        crop_size=eval_cfg.crop_size,
+        stride=eval_cfg.stride,
+        scales=eval_cfg.scales,
+        flip=eval_cfg.flip,
+        size=eval_cfg.size,
+        num_classes=num_classes,
+        align_corners=align_corners,
+    )
+
+
 def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]]:
     """Colours of the classes of a data set: its own palette when it has one of ``num_classes`` colours.
 
@@ -288,9 +308,24 @@ class Segmenter:
         saved = state.get("config") or {}
         if eval_cfg is None:
             eval_cfg = Config.from_dict({"eval": saved.get("eval", {})}, source=f"checkpoint {path}").eval
+        dataset = saved.get("data", {}).get("dataset", "")
+        return cls.from_state(model, state, dataset=dataset, eval_cfg=eval_cfg, device=device)
+
+    @classmethod
+    def from_state(
+        cls,
+        model: nn.Module,
+        state: dict[str, Any],
+        *,
+        dataset: str,
+        eval_cfg: EvalConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> Segmenter:
+        """A Segmenter for a model built from checkpoint ``state``: its class names (``class_0``, ... when
+        it has none) and the palette of data set ``dataset``."""
         num_classes = state.get("num_classes") or len(state["class_names"])
         names = state.get("class_names") or [f"class_{k}" for k in range(num_classes)]
-        palette = dataset_palette(saved.get("data", {}).get("dataset", ""), num_classes)
+        palette = dataset_palette(dataset, num_classes)
         return cls(model, class_names=names, palette=palette, eval_cfg=eval_cfg, device=device)
 
     @property
@@ -328,18 +363,7 @@ class Segmenter:
         rgb = self.to_tensor(image).to(self.device)  # (3, H, W)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
-        cfg = self.eval_cfg
-        probs = predict_logits(
-            self.model,
-            ((rgb - mean) / std)[None],
-            mode=cfg.mode,
-            crop_size=cfg.crop_size,
-            stride=cfg.stride,
-            scales=cfg.scales,
-            flip=cfg.flip,
-            size=cfg.size,
-            num_classes=self.num_classes,
-        )
+        probs = predict_with_config(self.model, ((rgb - mean) / std)[None], self.eval_cfg, num_classes=self.num_classes)
         return probs[0]
 
     def predict(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
@@ -385,14 +409,7 @@ def main_predict(args: argparse.Namespace) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     model, state = build_model_from_checkpoint(args.checkpoint, cfg, device)
-    num_classes = state.get("num_classes") or len(state["class_names"])
-    segmenter = Segmenter(
-        model,
-        class_names=state.get("class_names") or [f"class_{k}" for k in range(num_classes)],
-        palette=dataset_palette(cfg.data.dataset, num_classes),
-        eval_cfg=cfg.eval,
-        device=device,
-    )
+    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=device)
     files = _image_files(Path(args.input))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
