@@ -30,7 +30,7 @@ from nlseg.analysis.attention import pixel_attention
 from nlseg.config import Config, load_config
 from nlseg.data.base import read_image
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint, dataset_palette
+from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint
 
 __all__ = ["CURVES_FIGSIZE", "DPI", "GAP_PX", "TITLE_PX", "confusion_figsize", "main_viz"]
 
@@ -54,6 +54,17 @@ def _matplotlib() -> ModuleType:
         raise SystemExit(2) from None
     matplotlib.use("Agg")
     return matplotlib
+
+
+def _save_figure(fig, out: Path) -> Path:
+    """Lay out, write and close ``fig`` (a matplotlib Figure) as ``out``; the folder is created."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    plt.close(fig)
+    return out
 
 
 def _pixel(text: str) -> tuple[int, int]:
@@ -168,14 +179,7 @@ def _image_files(sources: Sequence[str]) -> list[Path]:
 def viz_predictions(args: argparse.Namespace) -> Path:
     """One row per image: the input, the predicted classes in the data set's colours, their overlay."""
     cfg, model, state = _load(args)
-    num_classes = state.get("num_classes") or len(state["class_names"])
-    segmenter = Segmenter(
-        model,
-        class_names=state.get("class_names") or [f"class_{k}" for k in range(num_classes)],
-        palette=dataset_palette(cfg.data.dataset, num_classes),
-        eval_cfg=cfg.eval,
-        device=args.device,
-    )
+    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=args.device)
     rows = []
     for path in _image_files(args.images):
         rgb = read_image(path)  # (3, H, W)
@@ -229,12 +233,7 @@ def viz_confusion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     ax.set_title(f"{record.get('recipe', '')} {record.get('split', '')}".strip()
                  + (f"  mIoU {miou:.2f}" if isinstance(miou, (int, float)) else ""))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row's pixels")
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, Path(args.out))
 
 
 def _read_metrics(work_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
@@ -283,12 +282,7 @@ def viz_curves(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
     else:
         miou_ax.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=miou_ax.transAxes)
     miou_ax.set(title="validation mIoU (%)", xlabel="iteration")
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    return _save_figure(fig, Path(args.out))
 
 
 def _parser(target: str) -> argparse.ArgumentParser:
