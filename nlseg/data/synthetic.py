@@ -177,18 +177,19 @@ class SyntheticContext(Dataset):
             raise IndexError(
                 f"{self.name}: index {index} out of range for split {self.split!r} of length {self.length}"
             )
-        if self._cache is not None and index in self._cache:
-            image, label = self._cache[index]
-        else:
-            rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-            image_hwc, label_hw = self._generate(rng)
+        cached = self._cache.get(index) if self._cache is not None else None
+        if cached is None:
+            image_hwc, label_hw = self._generate(np.random.default_rng([self.seed, _SPLITS[self.split], index]))
             image = torch.from_numpy(np.ascontiguousarray(image_hwc.transpose(2, 0, 1)))  # (3, H, W)
-            label = torch.from_numpy(label_hw.astype(np.uint8))  # (H, W); 8 classes
+            label = torch.from_numpy(label_hw)  # (H, W) uint8: 8 classes
             if self._cache is not None:
                 self._cache[index] = image, label
+                image = image.clone()  # transforms may work in place: the cached tensors stay untouched
+        else:
+            image, label = cached[0].clone(), cached[1]
         sample: Sample = {
-            "image": image.clone(),  # transforms may work in place: the cached tensors stay untouched
-            "label": label.long(),
+            "image": image,
+            "label": label.long(),  # a new tensor
             "image_path": f"synthetic/{self.split}/{index:06d}",
             "label_path": None,
             "name": f"{self.split}_{index:06d}",
@@ -210,20 +211,21 @@ class SyntheticContext(Dataset):
             "one of the discs decides: a red beacon_a means disc_a, a blue beacon_b means disc_b. All other discs "
             "lie at least half the strip's width from the beacon, so the evidence has to travel that far: a "
             "convolution carries it as far as its receptive field and training take it, a non-local block "
-            "gathers it from the whole image in one step (the inter-class noise of Denoised NL §III-D). The brick building has hollows painted with the background's texture but "
-            "labelled building: the surrounding object, not the local texture, tells (the intra-class noise of "
-            "§III-E). Sky, grass and the beacons are decidable locally."
+            "gathers it from the whole image in one step (the inter-class noise of Denoised NL §III-D). The "
+            "brick building has hollows painted with the background's texture but labelled building: the "
+            "surrounding object, not the local texture, tells (the intra-class noise of §III-E). Sky, grass and "
+            "the beacons are decidable locally."
         )
 
     # Generation ---------------------------------------------------------------------------------
 
     def _generate(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One (image (H, W, 3) float32 in 0..1, label (H, W) int64) pair, painted back to front."""
+        """One (image (H, W, 3) float32 in 0..1, label (H, W) uint8) pair, painted back to front."""
         h, w = self.size
         s = float(min(h, w))
         yy, xx = self._yy, self._xx
         image = np.empty((h, w, 3), dtype=np.float32)
-        label = np.full((h, w), BACKGROUND, dtype=np.int64)
+        label = np.full((h, w), BACKGROUND, dtype=np.uint8)
 
         # Background: a per-image tint, large soft blotches and finer mottling.
         tint = _BACKGROUND_RGB + rng.uniform(-0.08, 0.08, 3).astype(np.float32)
