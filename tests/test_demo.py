@@ -10,7 +10,7 @@ from PIL import Image
 
 from nlseg.config import load_config
 from nlseg.data.build import build_dataset
-from nlseg.data.synthetic import DISC_A, DISC_B, SyntheticContext
+from nlseg.data.synthetic import _DISC_RADIUS, BEACON_A, BEACON_B, DISC_A, DISC_B, SyntheticContext
 from nlseg.engine.demo import _context_scores, run_demo
 
 # Both demo recipes, shrunk to seconds: small strips, few images, a few iterations.
@@ -32,23 +32,27 @@ def test_eval_options_replace_options_for_evaluation_only() -> None:
 
 
 class _Oracle(torch.nn.Module):
-    """Returns the ground truth of the data set's images in order, with the far disc pixels given the
-    other disc class: a model whose near/far disc accuracy is known (100 / 0)."""
+    """Returns the ground truth of the data set's images in order, with the pixels of the discs far from
+    the beacon given the other disc class: a model whose near/far disc accuracy is known (100 / 0).
+
+    "Far" here comes from the generator's geometry, not from the code under test: every disc but the cued
+    one is centred at least the cue distance from the beacon, so all its pixels lie within one largest
+    disc radius of that.
+    """
 
     def __init__(self, dataset: SyntheticContext, wrong_far: bool) -> None:
         super().__init__()
         self.labels = [dataset[i]["label"] for i in range(len(dataset))]
         self.wrong_far, self.calls = wrong_far, 0
-        self.dataset = dataset
+        self.far = dataset.cue_distance * max(dataset.size) - _DISC_RADIUS[1] * min(dataset.size)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         label = self.labels[self.calls].clone()  # (H, W)
         self.calls += 1
         if self.wrong_far:
-            beacon = ((label == 4) | (label == 5)).nonzero().double().mean(0)  # (2,)
+            beacon = ((label == BEACON_A) | (label == BEACON_B)).nonzero().double().mean(0)  # (2,)
             yy, xx = torch.meshgrid(torch.arange(label.shape[0]), torch.arange(label.shape[1]), indexing="ij")
-            distance = torch.hypot(yy - beacon[0], xx - beacon[1])  # (H, W)
-            far = distance >= self.dataset.cue_distance * max(self.dataset.size) / 2
+            far = torch.hypot(yy - beacon[0], xx - beacon[1]) >= self.far  # (H, W)
             disc = (label == DISC_A) | (label == DISC_B)
             label[disc & far] = DISC_A + DISC_B - label[disc & far]  # swap a <-> b
         label[label == 255] = 0
@@ -58,7 +62,7 @@ class _Oracle(torch.nn.Module):
 @pytest.mark.parametrize("wrong_far", [False, True])
 def test_context_scores_split_discs_by_distance_from_the_beacon(wrong_far: bool) -> None:
     dataset = SyntheticContext("val", length=6, size=(48, 160))
-    scores = _context_scores(_Oracle(dataset, wrong_far), dataset, count=6)
+    scores = _context_scores(_Oracle(dataset, wrong_far), dataset, load_config("demo"), count=6)
     assert scores["near"] == pytest.approx(100.0)
     if wrong_far:
         assert scores["far"] == pytest.approx(0.0)
@@ -78,6 +82,7 @@ def test_tiny_demo_trains_both_networks_prints_both_tables_and_draws(tmp_path, c
         assert (tmp_path / "work" / ("demo_baseline" if label == "Baseline" else "demo") / "last.pt").is_file()
     assert "48x256 strips (both networks trained on 48x128 strips)" in out
     assert "| disc_a |" in out and "discs ≥ 128 px from the beacon (48x256 strips)" in out
+    assert "| mIoU (48x128 strips) |" in out and "mIoU (48x256" not in out  # the scored strips' is the table's
     picture = Image.open(tmp_path / "predictions.png")
     assert picture.width == 4 * 256 + 3 * 4  # input, ground truth, two predictions, at the evaluation width
     saved = json.loads((tmp_path / "results.json").read_text())

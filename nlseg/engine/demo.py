@@ -32,6 +32,7 @@ from nlseg.data.build import build_dataset
 from nlseg.data.synthetic import BEACON_A, BEACON_B, DISC_A, DISC_B, SyntheticContext
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nlseg.engine.checkpoint import load_checkpoint
+from nlseg.engine.inference import predict_with_config
 from nlseg.engine.metrics import ConfusionMatrix
 from nlseg.engine.trainer import build_model, train
 
@@ -56,7 +57,14 @@ def _table(names: list[str], results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _context_scores(model: torch.nn.Module, dataset: SyntheticContext, count: int) -> dict[str, float]:
+def _predict(model: torch.nn.Module, image: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """(H, W) classes of one normalised (3, H, W) image, with the recipe's inference settings."""
+    with torch.no_grad():
+        probs = predict_with_config(model, image[None], cfg.eval, num_classes=SyntheticContext.num_classes)
+    return probs[0].argmax(0)
+
+
+def _context_scores(model: torch.nn.Module, dataset: SyntheticContext, cfg: Config, count: int) -> dict[str, float]:
     """mIoU over the first ``count`` images, and the share of disc pixels given the right disc class,
     split into those next to the beacon and those far from it (percent).
 
@@ -69,8 +77,7 @@ def _context_scores(model: torch.nn.Module, dataset: SyntheticContext, count: in
     for i in range(min(count, len(dataset))):
         sample = dataset[i]
         label = sample["label"]  # (H, W)
-        with torch.no_grad():
-            pred = model(sample["image"][None])["out"][0].argmax(0)  # (H, W)
+        pred = _predict(model, sample["image"], cfg)  # (H, W)
         matrix.update(pred, label)
         beacon = ((label == BEACON_A) | (label == BEACON_B)).nonzero().double().mean(0)  # (2,) centre y, x
         disc = (label == DISC_A) | (label == DISC_B)  # (H, W)
@@ -85,7 +92,8 @@ def _context_scores(model: torch.nn.Module, dataset: SyntheticContext, count: in
 
 
 def _context_table(scores: dict[str, dict[str, dict[str, float]]], strips: dict[str, SyntheticContext]) -> str:
-    """Rows: discs next to the beacon, far discs on each strip size, mIoU on each; columns: the models."""
+    """Rows: discs next to the beacon, far discs on each strip size, mIoU on the training-size strips when
+    the networks are scored on others (the scored strips' mIoU is the per-class table's); columns: the models."""
     labels = list(scores)
     lines = ["| | " + " | ".join(labels) + " | Δ |", "|---|" + "---:|" * (len(labels) + 1)]
 
@@ -97,9 +105,10 @@ def _context_table(scores: dict[str, dict[str, dict[str, float]]], strips: dict[
     row(f"discs next to the beacon ({first} strips)", [scores[label][first]["near"] for label in labels])
     for kind, dataset in strips.items():
         distance = round(dataset.cue_distance * max(dataset.size))
-        row(f"discs ≥ {distance} px from the beacon ({kind} strips)", [scores[label][kind]["far"] for label in labels])
-    for kind in strips:
-        row(f"mIoU ({kind} strips)", [scores[label][kind]["mIoU"] for label in labels])
+        far = [scores[label][kind]["far"] for label in labels]
+        row(f"discs ≥ {distance} px from the beacon ({kind} strips)", far)
+    if len(strips) > 1:
+        row(f"mIoU ({first} strips)", [scores[label][first]["mIoU"] for label in labels])
     return "\n".join(lines)
 
 
@@ -117,9 +126,7 @@ def _picture(cfg: Config, models: dict[str, torch.nn.Module], path: Path, count:
         truth[label == dataset.ignore_index] = 0  # ignored pixels drawn black, not as a class
         tiles = [image, truth]
         for model in models.values():
-            with torch.no_grad():
-                pred = model(sample["image"][None])["out"][0].argmax(0)
-            tiles.append(palette[pred.numpy()])
+            tiles.append(palette[_predict(model, sample["image"], cfg).numpy()])
         gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
         rows.append(np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1))
     grid = np.concatenate([r for row in rows for r in (row, np.full((4, row.shape[1], 3), 255, np.uint8))][:-1])
@@ -176,7 +183,9 @@ def run_demo(
         models[label] = model.eval()
     strips = _strips(cfg)
     for label, model in models.items():
-        results[label]["context"] = {kind: _context_scores(model, data, context_images) for kind, data in strips.items()}
+        results[label]["context"] = {
+            kind: _context_scores(model, data, cfg, context_images) for kind, data in strips.items()
+        }
     class_names = list(next(iter(results.values()))["per_class_iou"])
     train_kind, val_kind = list(strips)[0], list(strips)[-1]  # one kind when evaluated at the training size
     num_images = next(iter(results.values()))["num_images"]
@@ -184,7 +193,7 @@ def run_demo(
           f"{val_kind} strips (both networks trained on {train_kind} strips):\n")
     print(_table(class_names, results))
     far = {kind: round(data.cue_distance * max(data.size)) for kind, data in strips.items()}
-    print(f"\nDisc pixels given the right disc class (%), and mIoU, on the first "
+    print(f"\nDisc pixels given the right disc class (%), and mIoU on strips like the training ones, on the first "
           f"{min(context_images, len(strips[val_kind]))} validation images of each strip size. The far discs lie "
           f">= {far[train_kind]} px from the beacon in the training strips and >= {far[val_kind]} px in the "
           f"{val_kind} strips:\n")
