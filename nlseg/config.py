@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from nlseg.errors import ConfigError
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -33,8 +35,6 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A recipe or an override is not valid; the message names the key and the file."""
 
 
 @dataclass

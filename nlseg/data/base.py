@@ -24,6 +24,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from nlseg.errors import DatasetError
+
 __all__ = [
     "IGNORE_INDEX",
     "DatasetError",
@@ -46,8 +48,6 @@ Transform = Callable[[Sample], Sample]
 _LABEL_MODES = ("L", "P", "I", "I;16")
 
 
-class DatasetError(ValueError):
-    """A data set on disk is not as expected: missing folder, unreadable file, unknown label value."""
 
 
 def read_image(path: str | Path) -> Tensor:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
+from nlseg.errors import CheckpointError
+
 __all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, or for another model."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -15,7 +15,6 @@ a picture of inputs, ground truth and both predictions.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -36,7 +35,7 @@ from nlseg.engine.inference import predict_with_config
 from nlseg.engine.metrics import ConfusionMatrix
 from nlseg.engine.trainer import build_model, train
 
-__all__ = ["main_demo", "run_demo"]
+__all__ = ["run_demo"]
 
 RUNS = (("Baseline", "demo_baseline"), ("Denoised NL", "demo"))
 
@@ -207,6 +206,3 @@ def run_demo(
     return results
 
 
-def main_demo(args: argparse.Namespace) -> None:
-    """``nlseg demo [--out-dir DIR] [--seed N] [--iters N] [--set KEY=VALUE ...]``."""
-    run_demo(args.out_dir, seed=args.seed, iters=args.iters, overrides=args.overrides)

@@ -31,6 +31,7 @@ from nlseg.data.transforms import collate
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.losses import SegmentationLoss
+from nlseg.errors import NlsegError
 
 __all__ = ["TrainingDiverged", "build_model", "main_train", "poly_lr_lambda", "train"]
 
@@ -45,7 +46,7 @@ def _mix(*values: int) -> int:
     return h
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(NlsegError, RuntimeError):
     """A loss became NaN or infinite; training stopped before the weights were updated with it."""
 
 

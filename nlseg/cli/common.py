@@ -1,0 +1,123 @@
+"""What several commands share: the recipe argument, ``--set``, output-path checks, error lines."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from nlseg.errors import NlsegError, OutputError
+
+__all__ = [
+    "add_device",
+    "add_overrides",
+    "add_recipe",
+    "check_output_dir",
+    "check_output_file",
+    "error_line",
+    "exit_status",
+]
+
+
+def add_overrides(parser: argparse.ArgumentParser, what: str = "a recipe field") -> None:
+    """``--set KEY=VALUE [KEY=VALUE ...]``, repeatable; collected in ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+        help=f"override {what}, e.g. --set train.iters=1000 data.root=/data (several after one --set; repeatable)",
+    )
+
+
+def add_recipe(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """The positional recipe (a name from ``nlseg list recipes`` or a YAML file) and ``--set``."""
+    parser.add_argument(
+        "recipe", nargs="?" if optional else None,
+        help="recipe name (see `nlseg list recipes`) or a YAML file",
+    )
+    add_overrides(parser)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """``--device`` for the commands that run a trained model (eval, predict, viz)."""
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)"
+    )
+
+
+def _writable_folder(folder: Path, flag: str, path: Path) -> None:
+    """Raise OutputError unless a file can be created in ``folder`` (which exists)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nlseg-probe-", dir=folder)
+    except OSError as err:
+        raise OutputError(f"{flag} {path}: cannot write in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the folder ``path`` if needed and check that files can be written in it.
+
+    Args:
+        path: the folder a command will write to.
+        flag: the option that named it (``--work-dir``, ``--output``, ...), for the error message.
+
+    Raises:
+        OutputError: ``path`` is a file, or the folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{flag} {path}: cannot create the folder ({err.strerror or err})") from None
+    _writable_folder(path, flag, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check that the file ``path`` can be written (its folder is created if needed); nothing is written.
+
+    Raises:
+        OutputError: ``path`` is a folder, or its folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; expected a file name")
+    check_output_dir(path.parent if str(path.parent) else Path("."), flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{flag} {path}: the file exists and is not writable")
+    return path
+
+
+def exit_status(err: BaseException) -> int | None:
+    """The exit status for an exception that ends a command, or None for a bug (its traceback is kept).
+
+    User errors (:class:`NlsegError`, a missing file) give 2, Ctrl-C 130; an exception with an integer
+    ``exit_status`` attribute (a training run stopped by a signal) gives that.
+    """
+    status = getattr(err, "exit_status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    if isinstance(err, (NlsegError, FileNotFoundError)) or _from_worker(err):
+        return 2
+    return None
+
+
+def _from_worker(err: BaseException) -> bool:
+    """A DataLoader worker re-raises a user error in the main process as its class with a traceback text."""
+    return isinstance(err, ValueError) and "Original Traceback" in str(err) and "nlseg.errors." in str(err)
+
+
+def error_line(err: BaseException) -> str:
+    """One line for ``err``: ``error: <message>``; a DataLoader worker's traceback is reduced to its last line."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted"
+    text = str(err).strip()
+    if "Original Traceback" in text:  # "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    if getattr(err, "exit_status", None) is not None:
+        return text
+    return "error: " + " ".join(text.split())
