@@ -12,7 +12,7 @@ from torch import nn
 
 from nlseg.config import EvalConfig
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from nlseg.engine.inference import Segmenter, dataset_palette, predict_logits
+from nlseg.engine.inference import Segmenter, dataset_palette, predict_probs
 
 K = 5
 
@@ -49,22 +49,22 @@ def _seed():
 
 def test_whole_single_scale_is_the_softmax_of_the_model():
     model, x = ConvNet(), torch.randn(2, 3, 9, 13)
-    probs = predict_logits(model, x, num_classes=K)
+    probs = predict_probs(model, x, num_classes=K)
     assert torch.equal(probs, _probs(model, x))
-    assert torch.equal(predict_logits(model, x, scales=(1.0,), flip=False, num_classes=K), probs)
+    assert torch.equal(predict_probs(model, x, scales=(1.0,), flip=False, num_classes=K), probs)
     assert torch.allclose(probs.sum(1), torch.ones(2, 9, 13))
 
 
 def test_slide_with_one_window_the_size_of_the_image_equals_whole_exactly():
     model, x = ConvNet(), torch.randn(2, 3, 10, 14)
-    whole = predict_logits(model, x, num_classes=K)
-    assert torch.equal(predict_logits(model, x, mode="slide", crop_size=(10, 14), stride=(5, 7), num_classes=K), whole)
+    whole = predict_probs(model, x, num_classes=K)
+    assert torch.equal(predict_probs(model, x, mode="slide", crop_size=(10, 14), stride=(5, 7), num_classes=K), whole)
 
 
 def test_slide_with_overlapping_windows_on_a_translation_equivariant_model_equals_whole():
     model, x = ConvNet(kernel=1), torch.randn(1, 3, 20, 27)
-    whole = predict_logits(model, x, num_classes=K)
-    slide = predict_logits(model, x, mode="slide", crop_size=(8, 10), stride=(5, 6), num_classes=K)
+    whole = predict_probs(model, x, num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=(8, 10), stride=(5, 6), num_classes=K)
     assert torch.allclose(slide, whole, atol=1e-6)
 
 
@@ -79,7 +79,7 @@ def test_slide_averages_the_logits_of_hand_placed_windows():
             count[y : y + 6, x0 : x0 + 5] += 1
     assert count[5, 4] == 6 and count[0, 0] == 1 and count[10, 8] == 1
     expected = (total / count).softmax(1)
-    slide = predict_logits(model, x, mode="slide", crop_size=(6, 5), stride=(4, 5), num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=(6, 5), stride=(4, 5), num_classes=K)
     assert torch.allclose(slide, expected, atol=1e-6)
 
 
@@ -91,14 +91,14 @@ def test_slide_default_stride_is_two_thirds_of_the_window():
         for x0 in (0, 1):
             total[:, :, y : y + 6, x0 : x0 + 6] += model(x[:, :, y : y + 6, x0 : x0 + 6])["out"]
             count[y : y + 6, x0 : x0 + 6] += 1
-    slide = predict_logits(model, x, mode="slide", crop_size=6, num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=6, num_classes=K)
     assert torch.allclose(slide, (total / count).softmax(1), atol=1e-6)
 
 
 def test_image_smaller_than_the_window_is_padded_and_cropped_back():
     model, x = ConvNet(), torch.randn(1, 3, 5, 6)
     expected = model(F.pad(x, (0, 3, 0, 4)))["out"][:, :, :5, :6].softmax(1)  # zero padding bottom/right to 9x9
-    slide = predict_logits(model, x, mode="slide", crop_size=9, stride=3, num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=9, stride=3, num_classes=K)
     assert slide.shape == (1, K, 5, 6)
     assert torch.allclose(slide, expected, atol=1e-6)
     # taller than the window but narrower: padded in width only, two windows down
@@ -108,12 +108,12 @@ def test_image_smaller_than_the_window_is_padded_and_cropped_back():
     total[:, :, :8] += model(padded[:, :, :8])["out"]
     total[:, :, 4:] += model(padded[:, :, 4:])["out"]
     total[:, :, 4:8] /= 2
-    slide = predict_logits(model, x, mode="slide", crop_size=(8, 6), stride=(4, 6), num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=(8, 6), stride=(4, 6), num_classes=K)
     assert torch.allclose(slide, total[:, :, :, :4].softmax(1), atol=1e-6)
     one_by_one = ConvNet(kernel=1)
     assert torch.allclose(
-        predict_logits(one_by_one, x, mode="slide", crop_size=16, num_classes=K),
-        predict_logits(one_by_one, x, num_classes=K),
+        predict_probs(one_by_one, x, mode="slide", crop_size=16, num_classes=K),
+        predict_probs(one_by_one, x, num_classes=K),
         atol=1e-6,
     )
 
@@ -121,14 +121,14 @@ def test_image_smaller_than_the_window_is_padded_and_cropped_back():
 def test_flip_on_a_flip_equivariant_model_changes_nothing():
     model, x = ConvNet(symmetric=True), torch.randn(2, 3, 8, 11)
     assert torch.allclose(
-        predict_logits(model, x, flip=True, num_classes=K), predict_logits(model, x, num_classes=K), atol=1e-6
+        predict_probs(model, x, flip=True, num_classes=K), predict_probs(model, x, num_classes=K), atol=1e-6
     )
 
 
 def test_flip_averages_the_mirrored_prediction():
     model, x = ConvNet(), torch.randn(2, 3, 8, 11)
     expected = (_probs(model, x) + _probs(model, x.flip(-1)).flip(-1)) / 2
-    flipped = predict_logits(model, x, flip=True, num_classes=K)
+    flipped = predict_probs(model, x, flip=True, num_classes=K)
     assert torch.allclose(flipped, expected, atol=1e-6)
     assert not torch.allclose(flipped, _probs(model, x), atol=1e-3)  # the model is not flip-equivariant
 
@@ -145,18 +145,18 @@ def test_multi_scale_averages_probabilities_resized_back(align_corners: bool):
             logits = model(view)["out"]
             logits = logits.flip(-1) if mirror else logits
             views.append(F.interpolate(logits, size=(12, 10), mode="bilinear", align_corners=align_corners).softmax(1))
-    probs = predict_logits(model, x, scales=scales, flip=True, num_classes=K)
+    probs = predict_probs(model, x, scales=scales, flip=True, num_classes=K)
     assert probs.shape == (2, K, 12, 10)
     assert torch.allclose(probs, torch.stack(views).mean(0), atol=1e-6)
     # the model's align_corners attribute is followed unless overridden
-    other = predict_logits(model, x, scales=scales, flip=True, num_classes=K, align_corners=not align_corners)
+    other = predict_probs(model, x, scales=scales, flip=True, num_classes=K, align_corners=not align_corners)
     assert not torch.allclose(other, probs, atol=1e-4)
 
 
 def test_multi_scale_slide_uses_windows_at_every_scale():
     model, x = ConvNet(kernel=1), torch.randn(1, 3, 16, 20)
-    whole = predict_logits(model, x, scales=(0.75, 1.5), num_classes=K)
-    slide = predict_logits(model, x, mode="slide", crop_size=(7, 9), stride=(4, 5), scales=(0.75, 1.5), num_classes=K)
+    whole = predict_probs(model, x, scales=(0.75, 1.5), num_classes=K)
+    slide = predict_probs(model, x, mode="slide", crop_size=(7, 9), stride=(4, 5), scales=(0.75, 1.5), num_classes=K)
     assert torch.allclose(slide, whole, atol=1e-6)
 
 
@@ -164,23 +164,23 @@ def test_size_resizes_the_input_and_the_result_back():
     model, x = ConvNet(), torch.randn(1, 3, 12, 10)
     logits = model(F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False))["out"]
     expected = F.interpolate(logits, size=(12, 10), mode="bilinear", align_corners=False).softmax(1)
-    assert torch.allclose(predict_logits(model, x, size=8, num_classes=K), expected, atol=1e-6)
+    assert torch.allclose(predict_probs(model, x, size=8, num_classes=K), expected, atol=1e-6)
 
 
 def test_bad_settings_raise_clear_errors():
     model, x = ConvNet(), torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match="whole, slide"):
-        predict_logits(model, x, mode="sliding", num_classes=K)
+        predict_probs(model, x, mode="sliding", num_classes=K)
     with pytest.raises(ValueError, match="crop_size"):
-        predict_logits(model, x, mode="slide", num_classes=K)
+        predict_probs(model, x, mode="slide", num_classes=K)
     with pytest.raises(ValueError, match="gaps"):
-        predict_logits(model, x, mode="slide", crop_size=4, stride=5, num_classes=K)
+        predict_probs(model, x, mode="slide", crop_size=4, stride=5, num_classes=K)
     with pytest.raises(ValueError, match=r"expected \(1, 7, 8, 8\)"):
-        predict_logits(model, x, num_classes=7)
+        predict_probs(model, x, num_classes=7)
     with pytest.raises(ValueError, match="scales"):
-        predict_logits(model, x, scales=(), num_classes=K)
+        predict_probs(model, x, scales=(), num_classes=K)
     with pytest.raises(ValueError, match="B, 3, H, W"):
-        predict_logits(model, x[0], num_classes=K)
+        predict_probs(model, x[0], num_classes=K)
 
 
 # --- Segmenter --------------------------------------------------------------------------------
@@ -224,7 +224,7 @@ def test_segmenter_uses_its_inference_settings():
     rgb = torch.rand(3, 10, 13)
     cfg = EvalConfig(mode="slide", crop_size=[6, 6], stride=[4, 4], scales=[0.5, 1.0], flip=True)
     normalised = (rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    expected = predict_logits(
+    expected = predict_probs(
         model, normalised[None], mode="slide", crop_size=6, stride=4, scales=(0.5, 1.0), flip=True, num_classes=K
     )[0]
     assert torch.allclose(_segmenter(model, cfg).predict_proba(rgb), expected, atol=1e-6)
@@ -304,7 +304,7 @@ def test_segmenter_from_checkpoint_round_trip(tiny_checkpoint: tuple[Path, Path,
     assert (cfg.mode, cfg.crop_size, cfg.stride, cfg.flip) == ("slide", [16, 16], [12, 12], True)
     rgb = torch.rand(3, 21, 16)  # two windows down, one across
     normalised = ((rgb - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1))[None]
-    expected = predict_logits(model, normalised, mode="slide", crop_size=16, stride=12, flip=True, num_classes=19)
+    expected = predict_probs(model, normalised, mode="slide", crop_size=16, stride=12, flip=True, num_classes=19)
     assert torch.allclose(segmenter.predict_proba(rgb), expected[0], atol=1e-5)
     whole = Segmenter.from_checkpoint(checkpoint, eval_cfg=EvalConfig())
     assert torch.equal(whole.predict(rgb), model(normalised)["out"][0].argmax(0))

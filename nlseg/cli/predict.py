@@ -1,20 +1,70 @@
-"""``nlseg predict RECIPE --checkpoint CKPT --input PATH --output DIR``."""
+"""``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]``.
+
+Writes ``<name>.png`` (train ids, palette), ``<name>_color.png`` and ``<name>_overlay.png`` per image;
+``<name>`` is the image's stem, or ``<stem>_<extension>`` when several inputs share a stem. Exit status:
+0 when every image was predicted, 1 when some could not be read (each reported on one line), 2 for a
+user error (an output that would replace an input, a bad checkpoint, with ``--strict`` an unreadable image).
+"""
 from __future__ import annotations
 
 import argparse
+import sys
 
-from nlseg.cli.common import add_recipe
+from nlseg.cli.common import add_device, add_recipe, check_output_dir
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text}")
+    return value
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a checkpoint")
     add_recipe(p)
     p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
-    p.add_argument("--input", required=True, help="an image or a folder of images")
-    p.add_argument("--output", required=True, help="folder for index PNGs, colour PNGs and overlays")
+    p.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH",
+        help="images, or folders of images (the image files directly inside; other files are passed over)",
+    )
+    p.add_argument(
+        "--output", required=True,
+        help="folder for index PNGs, colour PNGs and overlays; refused when an output would replace an input",
+    )
+    p.add_argument(
+        "--max-size", type=_positive_int, metavar="N",
+        help="predict images whose long side exceeds N pixels at long side N, then enlarge the class map back "
+        "(nearest neighbour) to the image's size; bounds time and memory on large photos (default: full size)",
+    )
+    p.add_argument(
+        "--strict", action="store_true",
+        help="stop at the first image that cannot be read (exit 2) instead of reporting it and going on",
+    )
+    add_device(p)
 
 
-def run(args: argparse.Namespace) -> None:
-    from nlseg.engine.inference import main_predict  # TODO(outer ring): typed call
+def run(args: argparse.Namespace) -> int:
+    from nlseg.config import load_config
+    from nlseg.engine.inference import (
+        Segmenter,
+        build_model_from_checkpoint,
+        collect_images,
+        plan_outputs,
+        predict_paths,
+        resolve_inference_device,
+    )
 
-    main_predict(args)
+    cfg = load_config(args.recipe, args.overrides)
+    inputs, passed_over = collect_images(args.input)
+    plan_outputs(inputs, args.output)  # an output that would replace an input stops here, before any work
+    output = check_output_dir(args.output, "--output")
+    device = resolve_inference_device(args.device)
+    model, state = build_model_from_checkpoint(args.checkpoint, cfg, device)
+    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=device)
+    if passed_over:
+        names = ", ".join(p.name for p in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
+        print(f"passed over {len(passed_over)} file(s) that are not images: {names}", file=sys.stderr)
+    summary = predict_paths(segmenter, inputs, output, max_size=args.max_size, strict=args.strict)
+    print(summary.describe())
+    return 1 if summary.failed else 0

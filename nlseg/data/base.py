@@ -50,23 +50,54 @@ _LABEL_MODES = ("L", "P", "I", "I;16")
 
 
 
+# PIL modes of integer grey values wider than 8 bits, read without PIL's clipping at 255.
+_WIDE_GREY_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def _to_rgb(img: Image.Image) -> Tensor:
+    """(3, H, W) float32 in 0..1 of a decoded image of any mode.
+
+    - 16-bit grey (``I;16``, ``I;16B``, ...) is divided by 65535; a 32-bit ``I`` image by 65535 when it
+      holds a value above 255 (a 16-bit picture), else by 255. Values are clipped to 0..1.
+    - Palette (``P``) images give their palette colours; grey (``L``, ``1``) is repeated on R, G and B;
+      ``CMYK`` and ``YCbCr`` are converted by PIL (an Adobe JPEG's inverted CMYK is undone on load).
+    - Alpha (``RGBA``, ``LA``, ``PA``) is dropped: the colours are kept as stored, not composited on a
+      background the model never saw.
+    """
+    if img.mode in _WIDE_GREY_MODES:
+        grey = torch.from_numpy(np.array(img, dtype=np.float32))  # (H, W)
+        sixteen_bit = img.mode.startswith("I;16") or float(grey.max()) > 255
+        peak = 65535.0 if sixteen_bit else 255.0
+        return grey.div_(peak).clamp_(0.0, 1.0).expand(3, *grey.shape).clone()  # (3, H, W)
+    rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+
+
 def read_image(path: str | Path) -> Tensor:
-    """Read an image file as RGB.
+    """Read an image file as RGB in 0..1, upright.
+
+    The EXIF orientation tag is applied (a phone photo stored sideways is returned as it is shown).
+    16-bit images are scaled by 65535, not clipped at 255; palette, grey, alpha and CMYK images are
+    converted as :func:`_to_rgb` describes.
 
     Args:
-        path: image file (any format PIL reads; grey or RGBA images are converted to RGB).
+        path: image file (any format PIL reads).
 
     Returns:
         (3, H, W) float32 tensor with values in 0..1.
+
+    Raises:
+        DatasetError: the file is missing, corrupt, not an image, or too large for PIL's safety limit.
     """
+    from PIL import ImageOps
+
     try:
         with Image.open(path) as img:
-            rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+            return _to_rgb(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise DatasetError(f"image file {path} does not exist") from None
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"cannot read image {path}: the file is corrupt or not an image ({err})") from err
-    return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
 
 
 def read_label(path: str | Path) -> np.ndarray:

@@ -14,10 +14,10 @@ Exported predictions, one single-channel uint8 PNG per image named ``<image stem
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,23 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from nlseg.config import ConfigError, EvalConfig, load_config
+from nlseg.config import Config, EvalConfig
 from nlseg.data.ade20k import ADE20K
 from nlseg.data.base import DatasetError
 from nlseg.data.cityscapes import Cityscapes
-from nlseg.engine.distributed import resolve_device
-from nlseg.engine.inference import build_model_from_checkpoint, predict_with_config
+from nlseg.engine.checkpoint import check_compatible
+from nlseg.engine.inference import build_model_from_checkpoint, predict_with_config, resolve_inference_device
 from nlseg.engine.metrics import ConfusionMatrix
 
-__all__ = ["EXPORT_FORMATS", "default_export_format", "evaluate", "export_values", "format_table", "main_eval"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "default_export_format",
+    "evaluate",
+    "evaluate_checkpoint",
+    "export_values",
+    "format_table",
+    "metrics_to_json",
+]
 
 EXPORT_FORMATS = ("cityscapes", "ade20k", "train_id")
 
@@ -193,41 +201,63 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def main_eval(args: argparse.Namespace) -> None:
-    """``nlseg eval``: score a checkpoint on a split of the recipe's data set, print and save the metrics.
+def metrics_to_json(record: dict[str, Any]) -> str:
+    """The metrics of :func:`evaluate_checkpoint` as indented JSON text, NaN (a class absent from the split) as null."""
+    return json.dumps(_json_safe(record), indent=2) + "\n"
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: str | os.PathLike,
+    *,
+    split: str | None = None,
+    device: str | torch.device = "auto",
+    export_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a checkpoint on a split of the recipe's data set (``nlseg eval``) with the recipe's inference settings.
+
+    The checkpoint is read and checked against the recipe's model first, then the data set is built and
+    the class counts compared, so a wrong file is reported before the data set is scanned. Both
+    ``last.pt`` and the lean ``best.pt`` work: only the weights, model name, classes and config are read.
 
     Args:
-        args: ``recipe``, ``overrides``, ``checkpoint``, ``out`` (JSON file or None), ``export_dir``
-            (or None), ``split`` (None: the recipe's ``data.val_split``).
+        cfg: the recipe.
+        checkpoint: an nlseg checkpoint file.
+        split: split to score; None: ``cfg.data.val_split``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        export_dir: write one prediction PNG per image there, in the data set's submission format.
+        progress: show a progress bar.
+
+    Returns:
+        :func:`evaluate`'s metrics plus ``recipe``, ``checkpoint``, ``dataset``, ``split``, ``eval`` (the
+        inference settings) and, with ``export_dir``, ``export_format``.
+
+    Raises:
+        ConfigError: an unavailable device. CheckpointError: not an nlseg checkpoint, or one for another
+        model or class count. DatasetError: an empty split or a bad file in it.
     """
     from nlseg.data.build import build_dataset
 
-    cfg = load_config(args.recipe, args.overrides)
-    split = args.split or cfg.data.val_split
+    split = split or cfg.data.val_split
+    device = resolve_inference_device(device)
+    model, state = build_model_from_checkpoint(checkpoint, cfg, device)
     dataset = build_dataset(cfg, split, train=False)
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")
-    try:
-        device = resolve_device(cfg.train.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    model, _ = build_model_from_checkpoint(args.checkpoint, cfg, device, num_classes=dataset.num_classes)
+    check_compatible(state, model_name=cfg.model.name, num_classes=dataset.num_classes, path=checkpoint)
     metrics = evaluate(
-        model, dataset, cfg.eval, device=device, num_classes=dataset.num_classes, export_dir=args.export_dir
+        model, dataset, cfg.eval, device=device, num_classes=dataset.num_classes, export_dir=export_dir,
+        progress=progress,
     )
-    print(f"{cfg.name}: {cfg.data.dataset} {split}, checkpoint {args.checkpoint}")
-    print(format_table(metrics))
-    if args.export_dir:
-        print(f"predictions ({default_export_format(dataset)} format) written to {args.export_dir}")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            **metrics,
-            "recipe": cfg.name,
-            "checkpoint": str(args.checkpoint),
-            "dataset": cfg.data.dataset,
-            "split": split,
-            "eval": dataclasses.asdict(cfg.eval),
-        }
-        out.write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+    record = {
+        **metrics,
+        "recipe": cfg.name,
+        "checkpoint": str(checkpoint),
+        "dataset": cfg.data.dataset,
+        "split": split,
+        "eval": dataclasses.asdict(cfg.eval),
+    }
+    if export_dir is not None:
+        record["export_format"] = default_export_format(dataset)
+    return record

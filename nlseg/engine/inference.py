@@ -12,15 +12,21 @@ left-right flips for ADE20K and PASCAL Context, multi-scale sliding crops with f
   views instead (``ms_test``); the argmax rarely differs, and probabilities keep views with
   different logit scales on an equal footing.
 
-So :func:`predict_logits` returns averaged class probabilities (they sum to 1 at every pixel);
+So :func:`predict_probs` returns averaged class probabilities (they sum to 1 at every pixel);
 their argmax is the prediction.
+
+:func:`predict_paths` segments image files into a folder (``nlseg predict``): it never writes over
+an input, gives every input its own output names, and skips (and reports) the files it cannot read.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections import Counter
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +37,34 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nlseg.config import Config, ConfigError, EvalConfig, load_config
+from nlseg.config import Config, ConfigError, EvalConfig
 from nlseg.data import dataset_class
-from nlseg.data.base import index_palette, read_image
+from nlseg.data.base import DatasetError, index_palette, read_image
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
-from nlseg.engine.distributed import resolve_device
+from nlseg.errors import OutputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "LARGE_IMAGE_PIXELS",
+    "PredictSummary",
+    "PredictionFiles",
     "Segmenter",
     "build_model_from_checkpoint",
+    "collect_images",
     "dataset_palette",
-    "main_predict",
+    "estimate_peak_memory",
+    "plan_outputs",
     "predict_logits",
+    "predict_paths",
+    "predict_probs",
     "predict_with_config",
+    "resolve_inference_device",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+LARGE_IMAGE_PIXELS = 4_000_000
+"""Above this many pixels :func:`predict_paths` warns (once) with the expected peak memory."""
 _MODES = ("whole", "slide")
 
 
@@ -99,7 +115,7 @@ def _slide(model: nn.Module, image: Tensor, crop: tuple[int, int], stride: tuple
 
 
 @torch.no_grad()
-def predict_logits(
+def predict_probs(
     model: nn.Module,
     image: Tensor,
     *,
@@ -173,12 +189,22 @@ def predict_logits(
     return total / views
 
 
+def predict_logits(*args: Any, **kwargs: Any) -> Tensor:
+    """Deprecated name of :func:`predict_probs` (it always returned probabilities, not logits)."""
+    warnings.warn(
+        "nlseg.engine.inference.predict_logits is renamed predict_probs (it returns probabilities)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return predict_probs(*args, **kwargs)
+
+
 def predict_with_config(
     model: nn.Module, image: Tensor, eval_cfg: EvalConfig, *, num_classes: int, align_corners: bool | None = None
 ) -> Tensor:
-    """:func:`predict_logits` with the settings of a recipe's ``eval`` section (mode, crop, stride,
+    """:func:`predict_probs` with the settings of a recipe's ``eval`` section (mode, crop, stride,
     scales, flip, size): (B, K, H, W) probabilities of a (B, 3, H, W) normalised batch."""
-    return predict_logits(
+    return predict_probs(
         model,
         image,
         mode=eval_cfg.mode,
@@ -212,6 +238,39 @@ def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]
     return palette if len(palette) == num_classes else index_palette(num_classes + 1)[1:]
 
 
+def resolve_inference_device(name: str | torch.device) -> torch.device:
+    """The device to run a trained model on: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises:
+        ConfigError: a name torch does not know, or a CUDA device that is not there.
+    """
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r}: no CUDA device is available here; use cpu or auto")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r}: there are only {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
+def _check_checkpoint_path(path: Path) -> None:
+    """A CheckpointError for a path that cannot be a checkpoint file, before torch tries to read it."""
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; expected a checkpoint file such as {path / 'best.pt'} or {path / 'last.pt'}"
+        )
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+
+
 def build_model_from_checkpoint(
     path: str | os.PathLike,
     cfg: Config | None = None,
@@ -239,6 +298,7 @@ def build_model_from_checkpoint(
     """
     from nlseg.models import create_model
 
+    _check_checkpoint_path(Path(path))
     state = load_checkpoint(path)
     if cfg is not None or num_classes is not None:
         check_compatible(
@@ -359,16 +419,35 @@ class Segmenter:
         )
 
     def predict_proba(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
-        """(K, H, W) class probabilities of one image at its own size (see :func:`predict_logits`)."""
+        """(K, H, W) class probabilities of one image at its own size (see :func:`predict_probs`)."""
         rgb = self.to_tensor(image).to(self.device)  # (3, H, W)
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
         probs = predict_with_config(self.model, ((rgb - mean) / std)[None], self.eval_cfg, num_classes=self.num_classes)
         return probs[0]
 
-    def predict(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
-        """(H, W) int64 class indices (train ids) of one image."""
-        return self.predict_proba(image).argmax(0)
+    def predict(
+        self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor, *, max_size: int | None = None
+    ) -> Tensor:
+        """(H, W) int64 class indices (train ids) of one image, at the image's own size.
+
+        Args:
+            image: see :meth:`to_tensor`.
+            max_size: when the image's long side is longer, a copy whose long side is ``max_size``
+                (bilinear, antialiased) is predicted and its class map enlarged back to the image's size
+                by nearest neighbour, so time and memory follow ``max_size``, not the photo. None: full size.
+        """
+        rgb = self.to_tensor(image)  # (3, H, W)
+        h, w = rgb.shape[-2:]
+        if max_size is None or max(h, w) <= max_size:
+            return self.predict_proba(rgb).argmax(0)
+        if max_size < 1:
+            raise ValueError(f"max_size must be a positive number of pixels, got {max_size}")
+        scale = max_size / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        small = F.interpolate(rgb[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+        pred = self.predict_proba(small[0].clamp_(0.0, 1.0)).argmax(0)  # (h', w')
+        return F.interpolate(pred[None, None].float(), size=(h, w), mode="nearest-exact")[0, 0].long()  # (H, W)
 
     def colorize(self, pred: Tensor) -> np.ndarray:
         """(H, W, 3) uint8 colours of a (H, W) prediction."""
@@ -384,43 +463,264 @@ class Segmenter:
         return img
 
 
-def _image_files(source: Path) -> list[Path]:
-    """``source`` itself, or the images directly inside the folder ``source``, sorted."""
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"input {source} does not exist")
-    files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
-    return files
+PROBE_LONG_SIDE = 128
+"""Long side of the smaller of the two images :func:`estimate_peak_memory` measures (the other: twice it)."""
 
 
-def main_predict(args: argparse.Namespace) -> None:
-    """``nlseg predict``: write ``<stem>.png`` (train ids, palette), ``<stem>_color.png`` and ``<stem>_overlay.png``.
+@torch.no_grad()
+def estimate_peak_memory(segmenter: Segmenter, height: int, width: int) -> int:
+    """Bytes of tensor memory that predicting one ``height`` x ``width`` image is expected to need at its peak.
+
+    Measured, then extrapolated: :class:`~nlseg.analysis.memory.PeakMemory` records the peak of two
+    predictions of random images with the same aspect ratio, one with a long side of
+    :data:`PROBE_LONG_SIDE` and one twice as large (with sliding windows, both at least a window in
+    each direction), and the peak is extended linearly in the number of pixels. Convolutions, sliding
+    windows and the probability maps grow linearly; attention over all pixels of a whole image grows
+    faster, so for such models the estimate is a lower bound.
 
     Args:
-        args: ``recipe``, ``overrides``, ``checkpoint``, ``input`` (an image or a folder of images),
-            ``output`` (folder, created).
+        segmenter: the model and inference settings that will predict the image.
+        height, width: the image's size.
+
+    Returns:
+        the expected peak in bytes (tensors only, the model's weights excluded).
     """
-    cfg = load_config(args.recipe, args.overrides)
-    try:
-        device = resolve_device(cfg.train.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    model, state = build_model_from_checkpoint(args.checkpoint, cfg, device)
-    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=device)
-    files = _image_files(Path(args.input))
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(files, desc="predict", unit="img"):
-        rgb = read_image(path)  # (3, H, W)
-        pred = segmenter.predict(rgb)  # (H, W)
+    from nlseg.analysis.memory import PeakMemory
+
+    cfg = segmenter.eval_cfg
+    long_side = max(height, width)
+    factor = PROBE_LONG_SIDE / long_side
+    if cfg.mode == "slide" and cfg.crop_size is not None:
+        crop_h, crop_w = _pair(cfg.crop_size, "crop_size")
+        factor = max(factor, crop_h / height, crop_w / width)
+    probes = []
+    for f in (factor, 2 * factor):
+        size = (max(1, round(height * min(f, 1.0))), max(1, round(width * min(f, 1.0))))
+        image = torch.rand(3, *size, device=segmenter.device)  # (3, h, w)
+        with PeakMemory(segmenter.device) as memory:
+            segmenter.predict(image)
+        probes.append((size[0] * size[1], memory.peak_bytes))
+        if f >= 1.0:
+            return memory.peak_bytes  # the image itself is no larger than the probe
+    (p1, m1), (p2, m2) = probes
+    per_pixel = max(m2 - m1, 0) / (p2 - p1)
+    return int(m2 + per_pixel * (height * width - p2))
+
+
+@dataclass(frozen=True)
+class PredictionFiles:
+    """The three files :func:`predict_paths` writes for one input image."""
+
+    input: Path
+    index: Path
+    """Palette PNG whose pixel values are the train ids."""
+    color: Path
+    """RGB PNG of the class colours."""
+    overlay: Path
+    """RGB PNG: the photo and the colours averaged."""
+
+    @property
+    def outputs(self) -> tuple[Path, Path, Path]:
+        return self.index, self.color, self.overlay
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_paths` did."""
+
+    output_dir: Path
+    predicted: list[Path] = field(default_factory=list)
+    """Inputs segmented."""
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    """Inputs skipped, each with the reason."""
+    written: list[Path] = field(default_factory=list)
+    """Output files that exist after the run."""
+
+    def describe(self) -> str:
+        """One line: images predicted and failed, files written."""
+        total = len(self.predicted) + len(self.failed)
+        line = f"predicted {len(self.predicted)} of {total} image(s): {len(self.written)} files in {self.output_dir}"
+        if self.failed:
+            line += f"; {len(self.failed)} failed: {', '.join(str(path) for path, _ in self.failed)}"
+        return line
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def collect_images(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """The image files named by ``sources``: files as given, folders by the images directly inside them.
+
+    In a folder, the files with an image extension (:data:`IMAGE_SUFFIXES`, any case) that are not
+    hidden are images, in sorted order; the other files (``notes.txt``, ``.DS_Store``, ``._a.jpg``) are
+    not. A file named directly is always an input. A file named twice is taken once.
+
+    Returns:
+        the input images, and the files of the folders that were passed over.
+
+    Raises:
+        DatasetError: a source does not exist, or a folder holds no image.
+    """
+    images: list[Path] = []
+    ignored: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_file():
+            images.append(source)
+        elif source.is_dir():
+            files = sorted(p for p in source.iterdir() if p.is_file())
+            found = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p)]
+            if not found:
+                raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {source}")
+            images += found
+            ignored += [p for p in files if p not in found]
+        else:
+            raise DatasetError(f"input {source} does not exist")
+    unique: dict[Path, Path] = {}  # resolved path -> the path as given, first time seen
+    for path in images:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values()), ignored
+
+
+_KINDS = ("", "_color", "_overlay")  # the three outputs of an input: <name><kind>.png
+
+
+def _output_names(inputs: Sequence[Path]) -> list[str]:
+    """One base name per input, distinct ignoring case, so no output overwrites another (see :func:`plan_outputs`)."""
+    shared = Counter(p.stem.casefold() for p in inputs)
+    taken: set[str] = set()
+    names = []
+    for path in inputs:
+        base = path.stem if shared[path.stem.casefold()] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}"
+        name, n = base, 2
+        while any(f"{name}{kind}.png".casefold() in taken for kind in _KINDS):
+            name, n = f"{base}_{n}", n + 1
+        taken.update(f"{name}{kind}.png".casefold() for kind in _KINDS)
+        names.append(name)
+    return names
+
+
+def plan_outputs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike) -> list[PredictionFiles]:
+    """The files :func:`predict_paths` will write, checked against the inputs before anything is predicted.
+
+    Naming: ``<name>.png`` (index), ``<name>_color.png``, ``<name>_overlay.png``, where ``<name>`` is
+    the input's stem (``street.jpg`` -> ``street``); when several inputs share a stem (ignoring case),
+    each gets its extension appended (``a.jpg`` -> ``a_jpg``, ``a.png`` -> ``a_png``); if a name is still
+    taken by an earlier input's outputs, ``_2``, ``_3``, ... is added (inputs in the order given).
+
+    Raises:
+        OutputError: a planned output is one of the input files (the same file, also through a link or a
+            case-insensitive file system).
+    """
+    inputs = [Path(p) for p in inputs]
+    output_dir = Path(output_dir)
+    identities: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue  # reported when it is read
+        identities[(stat.st_dev, stat.st_ino)] = path
+    plan = []
+    for path, name in zip(inputs, _output_names(inputs)):
+        files = PredictionFiles(path, *(output_dir / f"{name}{kind}.png" for kind in _KINDS))
+        for out in files.outputs:
+            try:
+                stat = out.stat()
+            except OSError:
+                continue  # not there yet: nothing to overwrite
+            victim = identities.get((stat.st_dev, stat.st_ino))
+            if victim is not None:
+                raise OutputError(
+                    f"output {out} would write over the input image {victim}; choose an output folder "
+                    "that is not the input folder"
+                )
+        plan.append(files)
+    return plan
+
+
+def _stderr(line: str) -> None:
+    tqdm.write(line, file=sys.stderr)
+
+
+def predict_paths(
+    segmenter: Segmenter,
+    inputs: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    *,
+    max_size: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Segment image files into ``output_dir``: an index, a colour and an overlay PNG per input.
+
+    Every output name is planned and checked first (:func:`plan_outputs`): nothing is predicted when an
+    output would replace an input. An input that cannot be read is reported (one line) and skipped,
+    and the others are still predicted; with ``strict`` the first such file stops the run. The first
+    image above :data:`LARGE_IMAGE_PIXELS` without ``max_size`` gets one warning line with its expected
+    peak memory (:func:`estimate_peak_memory`).
+
+    Args:
+        segmenter: model, class colours and inference settings.
+        inputs: image files (see :func:`collect_images` for folders).
+        output_dir: created when missing.
+        max_size: predict images whose long side is longer at this long side (see :meth:`Segmenter.predict`).
+        strict: raise at the first input that cannot be read instead of skipping it.
+        progress: show a progress bar.
+        log: receives the report lines (renamed outputs, skipped inputs, the memory warning); None: stderr.
+
+    Returns:
+        the inputs predicted and failed and the files written.
+
+    Raises:
+        OutputError: an output would replace an input, or a file cannot be written.
+        DatasetError: with ``strict``, the first input that cannot be read.
+    """
+    say = log or _stderr
+    plan = plan_outputs(inputs, output_dir)
+    output_dir = Path(output_dir)
+    renamed = [f"{files.input.name} -> {files.index.name}" for files in plan if files.index.stem != files.input.stem]
+    if renamed:
+        say(f"inputs sharing a name are written as: {', '.join(renamed)}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary(output_dir)
+    warned = False
+    for files in tqdm(plan, desc="predict", unit="img", disable=not progress):
+        try:
+            rgb = read_image(files.input)  # (3, H, W)
+        except DatasetError as err:
+            if strict:
+                raise
+            summary.failed.append((files.input, str(err)))
+            say(f"skipped {files.input}: {err}")
+            continue
+        h, w = rgb.shape[-2:]
+        if max_size is None and h * w > LARGE_IMAGE_PIXELS and not warned:
+            warned = True
+            peak = estimate_peak_memory(segmenter, h, w)
+            say(
+                f"warning: {files.input} is {w}x{h} ({h * w / 1e6:.1f} megapixels); predicting it at full size "
+                f"needs about {peak / 2**30:.1f} GiB on {segmenter.device}; --max-size 2048 (max_size) "
+                "predicts large images at that long side"
+            )
+        try:
+            pred = segmenter.predict(rgb, max_size=max_size)  # (H, W)
+        except torch.OutOfMemoryError:
+            if strict:
+                raise
+            summary.failed.append((files.input, f"out of memory at {w}x{h}"))
+            say(f"skipped {files.input}: out of memory at {w}x{h} on {segmenter.device}; try --max-size")
+            continue
         color = segmenter.colorize(pred)  # (H, W, 3)
         photo = (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # (H, W, 3)
         overlay = ((photo.astype(np.uint16) + color) // 2).astype(np.uint8)
-        segmenter.index_image(pred).save(out / f"{path.stem}.png")
-        Image.fromarray(color).save(out / f"{path.stem}_color.png")
-        Image.fromarray(overlay).save(out / f"{path.stem}_overlay.png")
-    print(f"wrote {3 * len(files)} images for {len(files)} input(s) to {out}")
-
+        for image, path in zip((segmenter.index_image(pred), Image.fromarray(color), Image.fromarray(overlay)),
+                               files.outputs):
+            try:
+                image.save(path)
+            except OSError as err:
+                raise OutputError(f"cannot write {path} ({err.strerror or err})") from None
+        summary.predicted.append(files.input)
+        summary.written += [path for path in files.outputs if path.is_file()]
+    return summary
