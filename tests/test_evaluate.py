@@ -340,3 +340,60 @@ def test_eval_cli_export_agrees_with_the_official_cityscapes_evaluator(tmp_path:
     for name in Cityscapes.classes:
         assert 100 * official["classScores"][name] == pytest.approx(ours["per_class_iou"][name], abs=1e-6), name
     assert 0 < ours["mIoU"] < 100
+
+
+# --- output paths, checkpoints and the device are checked before any work ------------------------------
+
+
+def test_eval_cli_unwritable_out_is_found_before_the_checkpoint_is_read(tiny_eval: tuple[Path, Path], capsys):
+    recipe, _ = tiny_eval
+    (recipe.parent / "a_file").write_text("not a folder")
+    missing = str(recipe.parent / "missing.pt")  # would be the error if the checkpoint were read first
+    out = str(recipe.parent / "a_file" / "m.json")
+    _fails_with_one_line(["eval", str(recipe), "--checkpoint", missing, "--out", out], capsys, "--out", "a_file")
+    _fails_with_one_line(["eval", str(recipe), "--checkpoint", missing, "--export-dir", str(recipe.parent / "a_file")],
+                         capsys, "--export-dir", "a_file", "is a file")
+    _fails_with_one_line(["eval", str(recipe), "--checkpoint", missing, "--out", str(recipe.parent)],
+                         capsys, "--out", "is a folder")
+
+
+@pytest.mark.parametrize("kind", ["text", "jpeg", "folder"])
+def test_eval_cli_a_checkpoint_that_is_not_one_is_one_line(tiny_eval: tuple[Path, Path], capsys, kind: str):
+    recipe, _ = tiny_eval
+    bad = recipe.parent / f"bad_{kind}"
+    if kind == "text":
+        bad.write_text("iterations: 10\n")
+    elif kind == "jpeg":
+        Image.new("RGB", (8, 8)).save(bad, format="JPEG")
+    else:
+        bad.mkdir()
+    _fails_with_one_line(["eval", str(recipe), "--checkpoint", str(bad), "--device", "cpu"], capsys, str(bad))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_eval_cli_unavailable_device_is_one_line(tiny_eval: tuple[Path, Path], capsys):
+    recipe, checkpoint = tiny_eval
+    _fails_with_one_line(["eval", str(recipe), "--checkpoint", str(checkpoint), "--device", "cuda:1"],
+                         capsys, "'cuda:1'", "no CUDA device")
+
+
+def test_evaluate_checkpoint_reads_a_lean_best_checkpoint_on_the_device_given(tiny_eval: tuple[Path, Path],
+                                                                              tmp_path: Path):
+    from nlseg.config import load_config
+    from nlseg.engine.checkpoint import load_checkpoint, save_checkpoint
+    from nlseg.engine.evaluate import evaluate_checkpoint
+    from nlseg.engine.inference import build_model_from_checkpoint
+
+    recipe, checkpoint = tiny_eval
+    state = load_checkpoint(checkpoint)
+    lean = {key: state[key] for key in ("model", "model_name", "num_classes", "class_names", "config", "iteration")}
+    save_checkpoint({**lean, "metrics": {"mIoU": 1.0}}, tmp_path / "best.pt")
+    cfg = load_config(recipe)
+    record = evaluate_checkpoint(cfg, tmp_path / "best.pt", device="cpu", export_dir=tmp_path / "export",
+                                 progress=False)
+    model, _ = build_model_from_checkpoint(checkpoint)
+    dataset = Cityscapes(recipe.parent / "cityscapes", "val", transform=build_transforms(False))
+    direct = evaluate(model, dataset, EvalConfig(), device="cpu", num_classes=K, progress=False)
+    assert record["mIoU"] == pytest.approx(direct["mIoU"]) and record["confusion_matrix"] == direct["confusion_matrix"]
+    assert (record["split"], record["dataset"], record["export_format"]) == ("val", "cityscapes", "cityscapes")
+    assert len(list((tmp_path / "export").glob("*_leftImg8bit.png"))) == 2

@@ -265,7 +265,8 @@ def _check_checkpoint_path(path: Path) -> None:
     """A CheckpointError for a path that cannot be a checkpoint file, before torch tries to read it."""
     if path.is_dir():
         raise CheckpointError(
-            f"checkpoint {path} is a folder; expected a checkpoint file such as {path / 'best.pt'} or {path / 'last.pt'}"
+            f"checkpoint {path} is a folder; expected a checkpoint file such as "
+            f"{path / 'best.pt'} or {path / 'last.pt'}"
         )
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -287,7 +288,7 @@ def build_model_from_checkpoint(
     Args:
         path: an nlseg checkpoint.
         cfg: the recipe it is used with, or None.
-        device: where to put the model.
+        device: where to put the model: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a torch.device.
         num_classes: the data set's number of classes, checked when given.
 
     Returns:
@@ -328,7 +329,7 @@ def build_model_from_checkpoint(
             f"checkpoint {path}: its weights do not fit a {name!r} model with {classes} classes "
             f"({' '.join(line.strip() for line in first[:3])})"
         ) from None
-    return model.to(device).eval(), state
+    return model.to(resolve_inference_device(device)).eval(), state
 
 
 class Segmenter:
@@ -339,7 +340,7 @@ class Segmenter:
         class_names: the K class names.
         palette: K RGB colours, one per class.
         eval_cfg: inference settings (mode, crop, stride, scales, flip, size); None: whole image, one scale.
-        device: where the model runs.
+        device: where the model runs (``auto``: CUDA when present).
     """
 
     def __init__(
@@ -353,7 +354,7 @@ class Segmenter:
     ) -> None:
         if len(palette) != len(class_names):
             raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
-        self.device = torch.device(device)
+        self.device = resolve_inference_device(device)
         self.model = model.to(self.device).eval()
         self.class_names = list(class_names)
         self.palette = [tuple(int(c) for c in colour) for colour in palette]
