@@ -50,7 +50,8 @@ def _checkpoint(path: Path) -> None:
     from nlseg.config import load_config
     from nlseg.data import Cityscapes
 
-    cfg = load_config("denoised_nl_r101_cityscapes", ["model.options.backbone_width=8", "model.options.head_channels=32"])
+    narrow = ["model.options.backbone_width=8", "model.options.head_channels=32"]
+    cfg = load_config("denoised_nl_r101_cityscapes", narrow)
     model = nlseg.create_model(cfg.model.name, num_classes=19, **cfg.model.options)
     torch.save({"model": model.state_dict(), "model_name": cfg.model.name, "num_classes": 19,
                 "class_names": list(Cityscapes.classes), "config": cfg.to_dict()}, path)

@@ -203,3 +203,13 @@ def test_registered_like_every_data_set(tmp_path) -> None:
         [0.229, 0.224, 0.225])[:, None, None]
     torch.testing.assert_close(built[7]["image"], expected, rtol=0, atol=1e-6)
     assert torch.equal(built[7]["label"], plain["label"])
+
+
+def test_an_option_the_data_set_does_not_take_is_one_line(tmp_path, capsys) -> None:
+    from nlseg.cli import main
+
+    assert main(["train", "demo", "--work-dir", str(tmp_path / "w"), "--set", "data.options.sizee=[96,128]"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nlseg train: error: data.options: the synthetic data set has no option 'sizee'; its options: length, size, "
+        "seed, discs, hollows, cue_distance, noise, cache"
+    )

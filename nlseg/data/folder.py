@@ -128,7 +128,7 @@ class FolderDataset(SegmentationDataset):
                    if p.suffix.lower() != LABEL_SUFFIX]
         if not_png:
             raise DatasetError(
-                f"folder data set: label files must be PNG (lossy formats change label values); found "
+                f"folder data set: label files must be PNG (JPEG compression would change label values); found "
                 f"{len(not_png)} other image file(s) in {label_dir}: {_listed(not_png, label_dir)}"
             )
         labels = _files_by_name(label_dir, (LABEL_SUFFIX,))
