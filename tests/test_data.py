@@ -1,6 +1,7 @@
 """Data sets on tiny copies of their real folder layouts: pairing, label mapping, clear errors."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from nlseg.data import (
     PascalContext,
     collate,
     create_dataset,
+    dataset_class,
     list_datasets,
 )
 from nlseg.data.cityscapes import CITYSCAPES_LABELS
@@ -372,11 +374,25 @@ def test_class_counts_and_names():
 
 
 def test_registry(ade_root: Path, context_root: Path):
-    assert list_datasets() == ["ade20k", "cityscapes", "coco_stuff10k", "nyudv2", "pascal_context"]
+    assert list_datasets() == [
+        "ade20k", "cityscapes", "coco_stuff10k", "folder", "nyudv2", "pascal_context", "synthetic"
+    ]
     assert len(create_dataset("ade20k", ade_root, "val")) == 1
     assert create_dataset("pascal_context", context_root, "train", num_classes=59).num_classes == 59
     with pytest.raises(ValueError, match="unknown data set 'ade'; available: ade20k, cityscapes"):
         create_dataset("ade", ade_root, "val")
+    with pytest.raises(ValueError, match="the ade20k data set needs its root folder; got None"):
+        create_dataset("ade20k", None, "val")
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_data_set_takes_explicit_keyword_options(name):
+    """No ``**kwargs``: a recipe's ``data.options`` can be checked against the constructor's parameters."""
+    cls = dataset_class(name)
+    kinds = {p.kind for p in inspect.signature(cls).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds and inspect.Parameter.VAR_POSITIONAL not in kinds
+    assert "transform" in inspect.signature(cls).parameters
+    assert cls.requires_root is (name != "synthetic")
 
 
 def test_transform_is_applied_and_batches_collate(ade_root: Path):

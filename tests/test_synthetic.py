@@ -178,3 +178,38 @@ def test_bad_arguments_raise_with_what_is_allowed() -> None:
 def test_describe_names_every_class() -> None:
     text = SyntheticContext.describe()
     assert all(name in text for name in SyntheticContext.classes)
+
+
+def test_registered_like_every_data_set(tmp_path) -> None:
+    """``synthetic`` is one name of the data set registry; it needs no root, and build_dataset gives the
+    same samples as the class itself (the demo's data)."""
+    from nlseg.config import load_config
+    from nlseg.data import create_dataset, dataset_class, list_datasets
+    from nlseg.data.build import build_dataset
+
+    assert "synthetic" in list_datasets() and dataset_class("synthetic") is SyntheticContext
+    assert SyntheticContext.requires_root is False
+    made = create_dataset("synthetic", None, "val", length=3, size=SIZE, seed=5)
+    direct = SyntheticContext("val", length=3, size=SIZE, seed=5)
+    assert torch.equal(made[2]["image"], direct[2]["image"]) and torch.equal(made[2]["label"], direct[2]["label"])
+    with pytest.raises(ValueError, match="the synthetic data set is generated and reads no files"):
+        create_dataset("synthetic", tmp_path, "val")
+
+    cfg = load_config("demo", ["eval.size=null"])
+    built = build_dataset(cfg, "val", train=False)
+    assert isinstance(built, SyntheticContext) and built.size == (96, 512) and len(built) == 256
+    plain = SyntheticContext("val", length=256, size=(96, 512))[7]
+    expected = (plain["image"] - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(built[7]["image"], expected, rtol=0, atol=1e-6)
+    assert torch.equal(built[7]["label"], plain["label"])
+
+
+def test_an_option_the_data_set_does_not_take_is_one_line(tmp_path, capsys) -> None:
+    from nlseg.cli import main
+
+    assert main(["train", "demo", "--work-dir", str(tmp_path / "w"), "--set", "data.options.sizee=[96,128]"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "nlseg train: error: data.options: the synthetic data set has no option 'sizee'; its options: length, size, "
+        "seed, discs, hollows, cue_distance, noise, cache"
+    )

@@ -200,7 +200,8 @@ class SegmentationDataset(Dataset):
     """Base of the on-disk data sets: pairs of (image, label) files found at construction.
 
     A subclass sets ``classes``, ``palette``, ``num_classes``, ``splits`` and ``label_map`` (a
-    ``label_table``), and implements ``_find_samples``.
+    ``label_table``), and implements ``_find_samples``. Its options are explicit keyword parameters of
+    its ``__init__`` (no ``**kwargs``), so a recipe's ``data.options`` can be checked against them.
 
     Args:
         root: data set root folder.
@@ -214,6 +215,8 @@ class SegmentationDataset(Dataset):
     num_classes: int = 0
     ignore_index: ClassVar[int] = IGNORE_INDEX
     splits: ClassVar[tuple[str, ...]] = ()
+    requires_root: ClassVar[bool] = True
+    """The data set is read from files under ``root`` (False for a generated one, built without a root)."""
     label_map: np.ndarray
 
     def __init__(self, root: str | Path, split: str, transform: Transform | None = None) -> None:
