@@ -26,20 +26,10 @@ from torch import nn
 
 from nlseg.analysis.benchmark import count_flops
 from nlseg.blocks import CrissCrossAttention, DenoisedNL, create_block
-from nlseg.models import DenoisedNLPipeline, create_model, list_models, model_info
+from nlseg.models import ZOO, DenoisedNLPipeline, create_model, list_models
 from nlseg.models.denoised import BLOCKS
 
 NUM_CLASSES = 19
-DNL_BASELINE_OPTIONS = dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
-# Denoised NL Table V (R-101, 1 x 3 x 768 x 768): what each block adds to the Baseline.
-TABLE_V = {
-    "nl_r101": "+7.63G / +407 MB",
-    "ccnet_r101": "+1.77G / +52 MB",
-    "danet_r101": "+10.04G / +570 MB",
-    "dranet_r101": "+0.76G / +30 MB",
-    "denoised_nl_r101": "+7.83G / +428 MB",
-}
-ANN_PARAMS = {"ann_r101": "63.17 M params (Table 2)"}
 
 
 @dataclass(frozen=True)
@@ -52,26 +42,26 @@ class Row:
 
 
 def registered_rows() -> list[Row]:
-    rows = []
-    for name in list_models():
-        info = model_info(name)
-        rows.append(Row(name, info["paper"], info["miou"], info["input_size"]))
-    return rows
+    return [Row(e.name, e.description, e.miou, e.input_size) for e in ZOO.values()]
 
 
 def variant_rows() -> list[Row]:
     """Paper rows (and released models) that are a registered model with options."""
-    dnl = (768, 768)
     return [
-        Row("ann_r101", "ANN released code: deep-stem ResNet-101", None, (1024, 2048), {"stem": "deep"}),
-        Row("denoised_nl_r50", "Denoised NL Table II: GR only (R-50)", 81.2, dnl, {"retain": False}),
-        Row("denoised_nl_r50", "Denoised NL Table II: LR only (R-50)", 81.4, dnl, {"rectify": False}),
-        Row("denoised_nl_r101", "Denoised NL Table II: GR only (R-101)", 82.3, dnl, {"retain": False}),
-        Row("denoised_nl_r101", "Denoised NL Table II: LR only (R-101)", 82.5, dnl, {"rectify": False}),
-        Row("denoised_nl_r101", "Denoised NL released model (no global context)", None, dnl, {"global_context": False}),
-        Row("fcn_r50", "Denoised NL Baseline (R-50) read as an FCN", 76.7, dnl, DNL_BASELINE_OPTIONS),
-        Row("fcn_r101", "Denoised NL Baseline (R-101) read as an FCN", 77.9, dnl, DNL_BASELINE_OPTIONS),
+        Row(e.name, v.row, v.miou, v.input_size or e.input_size, dict(v.options))
+        for e in ZOO.values()
+        for v in e.variants
     ]
+
+
+def paper_figure(name: str) -> str | None:
+    """The zoo's whole-network figures (ANN Table 2) or Table V deltas of ``name``, in words."""
+    entry = ZOO[name]
+    if entry.table5_gflops is not None:
+        return f"+{entry.table5_gflops:.2f}G / +{entry.table5_memory_mb:.0f} MB"
+    if entry.params_m is not None:
+        return f"{entry.params_m} M params (Table 2)"
+    return None
 
 
 def meta_model(name: str, options: dict) -> nn.Module:
@@ -125,7 +115,7 @@ def measure_rows(rows: list[Row]) -> list[dict]:
                 "gflops": flops,
                 "gmacs": flops / 2,
                 "delta_gflops": delta,
-                "paper_figure": (TABLE_V | ANN_PARAMS).get(row.name) if not row.options else None,
+                "paper_figure": None if row.options else paper_figure(row.name),
             }
         )
         print(f"  {row.name} {row.options or ''}: {flops:.1f} GFLOPs", file=sys.stderr, flush=True)
@@ -158,7 +148,9 @@ def block_rows() -> list[tuple[str, str, Callable[[], tuple[nn.Module, tuple]]]]
     ]
 
 
-TABLE_V_ROWS = {"+NL": 7.63, "+CCNet": 1.77, "+DANet": 10.04, "+DRANet*": 0.76, "+Denoised NL": 7.83}
+TABLE_V_MODELS = {"+NL": "nl_r101", "+CCNet": "ccnet_r101", "+DANet": "danet_r101", "+DRANet*": "dranet_r101",
+                  "+Denoised NL": "denoised_nl_r101"}
+"""The model of each Table V row, whose zoo entry holds the paper's delta."""
 
 
 def measure_blocks() -> list[dict]:
@@ -168,7 +160,7 @@ def measure_blocks() -> list[dict]:
             block, extra = make()
         block.eval()
         flops = gflop(block, 1, C, H, H, extra=extra)
-        results.append({"row": row, "block": what, "gflops": flops, "paper": TABLE_V_ROWS[row]})
+        results.append({"row": row, "block": what, "gflops": flops, "paper": ZOO[TABLE_V_MODELS[row]].table5_gflops})
     return results
 
 

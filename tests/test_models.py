@@ -2,6 +2,7 @@
 derived by hand, Table V's FLOPs, the wiring of the two papers' networks, weights files and errors."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 
@@ -14,7 +15,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from nlseg.analysis.benchmark import count_flops
 from nlseg.backbones import WeightsMismatchError, resnet50
 from nlseg.blocks import DenoisedNL
-from nlseg.models import create_model, list_models, model_info, model_options, register_model
+from nlseg.models import ZooEntry, create_model, list_models, model_info, model_options, register_model, zoo_entry
 from nlseg.models.denoised import DenoisedNLPipeline
 
 NUM_CLASSES = 3
@@ -62,6 +63,36 @@ def test_every_row_of_both_papers_is_registered():
     assert model_info("ann_r101")["miou"] == 79.9 and "Table 6" in model_info("ann_r101")["paper"]
     assert model_info("denoised_nl_r101")["miou"] == 83.5 and model_info("denoised_nl_r101")["input_size"] == (768, 768)
     assert model_info("ann_r50")["miou"] is None  # the paper has no ResNet-50 row for ANN
+
+
+BN = nn.BatchNorm2d
+SHARED = dict(norm_layer=BN, backbone_width=64, output_stride=8)
+FCN_OPTIONS = SHARED | dict(stem="classic", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
+                            aux_layers=("layer3",), align_corners=True, grad_checkpointing=False)
+ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256, value_channels=256, dropout=0.05,
+                            align_corners=True, grad_checkpointing=False)
+PIPELINE_OPTIONS = SHARED | dict(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, head_channels=512,
+                                 dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False)
+DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False)
+
+
+def expected_options(name: str) -> dict:
+    """Every model's options and defaults as they were before the segmentors were composed of parts."""
+    family, depth = name.rsplit("_r", 1)
+    backbone = {"backbone": f"resnet{depth}"}
+    small_grid = {"multi_grid": (1, 2)} if depth == "18" else {}
+    if family == "fcn":
+        return backbone | FCN_OPTIONS
+    if family.startswith("ann"):
+        return backbone | ANN_OPTIONS
+    if family == "denoised_nl":
+        return backbone | DNL_OPTIONS | small_grid
+    return backbone | PIPELINE_OPTIONS | small_grid
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_options_and_defaults_are_kept(name: str):
+    assert model_options(name) == expected_options(name)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -337,7 +368,8 @@ def test_errors_name_what_exists():
     with pytest.raises(ValueError, match="unknown block 'sa'"):
         DenoisedNLPipeline("sa", num_classes=K)
     with pytest.raises(ValueError, match="already registered"):
-        register_model("fcn_r50", paper="again")(create_model)
+        register_model(dataclasses.replace(zoo_entry("fcn_r50"), paper="again"))
+    loose = ZooEntry("loose", lambda *, num_classes, pretrained_backbone=None, **kw: None, "none", "", "", (8, 8))
     with pytest.raises(TypeError, match=r"\*\*kwargs"):
-        register_model("loose", paper="none")(lambda *, num_classes, pretrained_backbone=None, **kw: None)
+        register_model(loose)
     assert "loose" not in list_models()

@@ -10,7 +10,6 @@ non-local block in ANN's concatenation form (NB). The full model (AFNB + APNB) i
 """
 from __future__ import annotations
 
-import functools
 import os
 
 from torch import Tensor, nn
@@ -18,7 +17,6 @@ from torch import Tensor, nn
 from nlseg.blocks import create_block
 from nlseg.blocks.layers import ConvNormAct
 from nlseg.models.base import Segmentor
-from nlseg.models.registry import register_model
 
 __all__ = ["ANN", "CONTEXTS", "FUSIONS"]
 
@@ -113,27 +111,3 @@ class ANN(Segmentor):
         if self.context is not None:
             x = self.context(x)
         return self.classifier(self.dropout(x))
-
-
-# name, fusion, context, Table 6 row, its mIoU (ResNet-101, Cityscapes val)
-TABLE_6: tuple[tuple[str, str | None, str | None, str, float], ...] = (
-    ("ann_nb", None, "nb", "+ NB", 78.4),
-    ("ann_apnb", None, "apnb", "+ APNB", 78.6),
-    ("ann_common_fusion", "common_fusion", None, "+ Common fusion", 76.5),
-    ("ann_fnb", "fnb", None, "+ FNB", 77.3),
-    ("ann_afnb", "afnb", None, "+ AFNB", 77.1),
-    ("ann_common_fusion_nb", "common_fusion", "nb", "+ Common fusion + NB", 79.0),
-    ("ann_fnb_nb", "fnb", "nb", "+ FNB + NB", 79.7),
-    ("ann", "afnb", "apnb", "+ AFNB + APNB (Full)", 79.9),
-)
-ANN_INPUT = (1024, 2048)  # ANN Table 2: whole 2048x1024 Cityscapes images
-
-for _name, _fusion, _context, _row, _miou in TABLE_6:
-    register_model(
-        f"{_name}_r50",
-        paper=f"ANN Table 6: {_row}, with ResNet-50 (the paper reports ResNet-101 only)",
-        input_size=ANN_INPUT,
-    )(functools.partial(ANN, _fusion, _context, backbone="resnet50"))
-    register_model(f"{_name}_r101", paper=f"ANN Table 6: {_row} (R-101)", miou=_miou, input_size=ANN_INPUT)(
-        functools.partial(ANN, _fusion, _context, backbone="resnet101")
-    )

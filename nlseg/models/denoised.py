@@ -37,7 +37,6 @@ from nlseg.blocks import (
 )
 from nlseg.blocks.layers import ConvNormAct
 from nlseg.models.base import SegHead, Segmentor
-from nlseg.models.registry import register_model
 
 __all__ = ["BLOCKS", "DenoisedNLNet", "DenoisedNLPipeline", "ParallelSum"]
 
@@ -304,46 +303,3 @@ class DenoisedNLNet(DenoisedNLPipeline):
             return self.block(x)
         logits = aux["layer3"]  # (B, K, H/8, W/8), resized and softmaxed inside the block
         return self.block(x, logits.detach() if self.detach_class_probs else logits)
-
-
-DNL_INPUT = (768, 768)  # Denoised NL Table V: 1 x 3 x 768 x 768
-# block, table, row, (R-50 mIoU, R-101 mIoU) on Cityscapes val
-COMPARISONS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
-    ("nl", "IV", "+NL", (79.5, 80.6)),
-    ("ocnet", "IV", "+OCNet", (80.3, 81.3)),
-    ("ccnet", "IV", "+CCNet", (79.9, 81.1)),
-    ("danet", "IV", "+DANet", (80.3, 81.2)),
-    ("dranet", "IV", "+DRANet*", (80.2, 81.1)),
-    ("ppm", "III", "+PPM", (77.6, 79.0)),
-    ("aspp", "III", "+ASPP", (77.9, 79.2)),
-)
-
-register_model(
-    "denoised_nl_r18", paper="demo size (no paper row): Denoised NL on ResNet-18", input_size=DNL_INPUT
-)(functools.partial(DenoisedNLNet, backbone="resnet18", multi_grid=(1, 2)))
-register_model(
-    "dnl_baseline_r18", paper="demo size (no paper row): the Denoised NL pipeline without a block, ResNet-18",
-    input_size=DNL_INPUT,
-)(functools.partial(DenoisedNLPipeline, None, backbone="resnet18", multi_grid=(1, 2)))
-for _depth, _miou in ((50, 82.0), (101, 83.5)):
-    register_model(
-        f"denoised_nl_r{_depth}",
-        paper=f"Denoised NL Tables II-IV: +Denoised NL, GR + LR (R-{_depth})",
-        miou=_miou,
-        input_size=DNL_INPUT,
-    )(functools.partial(DenoisedNLNet, backbone=f"resnet{_depth}"))
-for _depth, _miou in ((50, 76.7), (101, 77.9)):
-    register_model(
-        f"dnl_baseline_r{_depth}",
-        paper=f"Denoised NL Tables II-V: Baseline (R-{_depth}), the pipeline without a block",
-        miou=_miou,
-        input_size=DNL_INPUT,
-    )(functools.partial(DenoisedNLPipeline, None, backbone=f"resnet{_depth}"))
-for _block, _table, _row, _mious in COMPARISONS:
-    for _depth, _miou in zip((50, 101), _mious):
-        register_model(
-            f"{_block}_r{_depth}",
-            paper=f"Denoised NL Table {_table}: {_row} (R-{_depth}), in the Denoised NL pipeline at 1/16",
-            miou=_miou,
-            input_size=DNL_INPUT,
-        )(functools.partial(DenoisedNLPipeline, _block, backbone=f"resnet{_depth}"))

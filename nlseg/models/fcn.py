@@ -7,14 +7,12 @@ form is ``stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, aux_layers
 """
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from nlseg.models.base import SegHead, Segmentor
-from nlseg.models.registry import register_model
 
 __all__ = ["FCN"]
 
@@ -78,18 +76,3 @@ class FCN(Segmentor):
 
     def decode(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
         return self.head(features["layer4"])
-
-
-ANN_INPUT = (1024, 2048)  # ANN Table 2: whole 2048x1024 Cityscapes images
-
-register_model("fcn_r18", paper="demo size (no paper row): the FCN baseline on ResNet-18", input_size=ANN_INPUT)(
-    functools.partial(FCN, backbone="resnet18")
-)
-register_model(
-    "fcn_r50",
-    paper="ANN Table 6 Baseline with ResNet-50 (the paper reports ResNet-101 only)",
-    input_size=ANN_INPUT,
-)(functools.partial(FCN, backbone="resnet50"))
-register_model("fcn_r101", paper="ANN Table 6: Baseline (R-101)", miou=75.8, input_size=ANN_INPUT)(
-    functools.partial(FCN, backbone="resnet101")
-)
