@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nlseg.analysis.benchmark import count_flops
+from nlseg.analysis.measure import count_flops
 from nlseg.blocks import CrissCrossAttention, DenoisedNL, create_block
 from nlseg.models import ZOO, DenoisedNLPipeline, create_model, list_models
 from nlseg.models.denoised import BLOCKS

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nlseg.analysis.benchmark import count_flops
+from nlseg.analysis.measure import count_flops
 from nlseg.backbones import WeightsMismatchError, resnet50
 from nlseg.blocks import DenoisedNL
 from nlseg.models import ZooEntry, create_model, list_models, model_info, model_options, register_model, zoo_entry
