@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from nlseg.analysis.measure import count_flops
-from nlseg.blocks import CrissCrossAttention, DenoisedNL, create_block
+from nlseg.blocks import create_block
 from nlseg.models import ZOO, DenoisedNLPipeline, create_model, list_models
-from nlseg.models.denoised import BLOCKS
 
 NUM_CLASSES = 19
 
@@ -128,23 +127,24 @@ C, H = 512, 48
 
 def block_rows() -> list[tuple[str, str, Callable[[], tuple[nn.Module, tuple]]]]:
     """(Table V row, what is counted, builder of (block, extra input shapes)) at the block input of Table V."""
-    norm = nn.BatchNorm2d
     probs = ((1, NUM_CLASSES, H, H),)
     return [
-        ("+Denoised NL", "the block of denoised_nl_r101 (Ck 64, Cv 512, GR + LR)", lambda: (DenoisedNL(C), probs)),
-        ("+NL", "the block of nl_r101 (q, k: 64; v: 512; γ; no Wo)", lambda: (BLOCKS["nl"](C, norm), ())),
-        ("+NL", "nlseg's nl block: NonLocal2d, C/2 embeddings, Wo + BN",
-         lambda: (create_block("nl", C, scale="none"), ())),
-        ("+DANet", "the block of danet_r101 (PAM + CAM)", lambda: (BLOCKS["danet"](C, norm), ())),
-        ("+DANet", "nlseg's danet block: DANet's head, 3x3 convs to C/4 around PAM and CAM",
-         lambda: (create_block("danet", C, norm_layer=norm), ())),
-        ("+CCNet", "the block of ccnet_r101 (criss-cross attention, R = 2)", lambda: (BLOCKS["ccnet"](C, norm), ())),
-        ("+CCNet", "criss-cross attention, one pass (R = 1)", lambda: (CrissCrossAttention(C, recurrence=1), ())),
-        ("+CCNet", "nlseg's ccnet block: CCNet's RCCA head, 3x3 convs, C/4 inside, R = 2",
-         lambda: (create_block("ccnet", C, out_channels=C, norm_layer=norm), ())),
-        ("+DRANet*", "the block of dranet_r101 (CPAM + CCAM)", lambda: (BLOCKS["dranet"](C, norm), ())),
-        ("+DRANet*", "nlseg's dranet block: DRANet's head, 3x3 convs to C/4 around CPAM and CCAM",
-         lambda: (create_block("dranet", C, norm_layer=norm), ())),
+        ("+Denoised NL", "`denoised_nl`, the block of denoised_nl_r101 (Ck 64, Cv 512, GR + LR)",
+         lambda: (create_block("denoised_nl", C), probs)),
+        ("+NL", "`nl`, the block of nl_r101 (q, k: 64; v: 512; γ; no Wo)", lambda: (create_block("nl", C), ())),
+        ("+NL", "`nonlocal2d`: Wang et al.'s block, C/2 embeddings, Wo + BN",
+         lambda: (create_block("nonlocal2d", C, scale="none"), ())),
+        ("+DANet", "`danet`, the block of danet_r101 (PAM + CAM)", lambda: (create_block("danet", C), ())),
+        ("+DANet", "`danet_head`: DANet's head, 3x3 convs to C/4 around PAM and CAM",
+         lambda: (create_block("danet_head", C), ())),
+        ("+CCNet", "`ccnet`, the block of ccnet_r101 (criss-cross attention, R = 2)",
+         lambda: (create_block("ccnet", C), ())),
+        ("+CCNet", "`cca`: criss-cross attention, one pass (R = 1)", lambda: (create_block("cca", C), ())),
+        ("+CCNet", "`ccnet_head`: CCNet's RCCA head, 3x3 convs, C/4 inside, R = 2",
+         lambda: (create_block("ccnet_head", C, out_channels=C), ())),
+        ("+DRANet*", "`dranet`, the block of dranet_r101 (CPAM + CCAM)", lambda: (create_block("dranet", C), ())),
+        ("+DRANet*", "`dranet_head`: DRANet's head, 3x3 convs to C/4 around CPAM and CCAM",
+         lambda: (create_block("dranet_head", C), ())),
     ]
 
 

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from nlseg.blocks.layers import ConvNormAct, check_channels
 from nlseg.ops import criss_cross_attention
 
-__all__ = ["CrissCrossAttention", "RCCAModule"]
+__all__ = ["CrissCrossAttention", "RCCAModule", "criss_cross_once"]
 
 
 class CrissCrossAttention(nn.Module):
@@ -89,3 +89,11 @@ class RCCAModule(nn.Module):
         """(B, C, H, W) -> (B, out_channels, H, W)."""
         context = self.expand(self.attention(self.reduce(x)))
         return self.bottleneck(torch.cat([x, context], dim=1))
+
+
+def criss_cross_once(in_channels: int, *, reduction: int = 8) -> CrissCrossAttention:
+    """One criss-cross pass (CCNet's CCA module, §3.2; R = 1): each position sees its row and column only.
+
+    Args: as :class:`CrissCrossAttention`, with ``recurrence=1``.
+    """
+    return CrissCrossAttention(in_channels, recurrence=1, reduction=reduction)

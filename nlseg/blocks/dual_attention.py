@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
+from nlseg.blocks.layers import ConvNormAct, ParallelSum, check_channels, to_map, to_tokens
 from nlseg.ops import channel_attention, nonlocal_attention, pyramid_sample
 
 __all__ = [
@@ -22,6 +22,8 @@ __all__ = [
     "CompactPositionAttention",
     "DualAttention",
     "PositionAttention",
+    "compact_position_channel_attention",
+    "position_channel_attention",
 ]
 
 
@@ -234,3 +236,41 @@ class CompactDualAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_channels, H, W)."""
         return self.fuse(torch.cat([self.position(x), self.channel(x)], dim=1))
+
+
+def position_channel_attention(in_channels: int, *, reduction: int = 8) -> ParallelSum:
+    """DANet's attention modules on the map itself: PAM(x) + CAM(x), C channels in and out.
+
+    The Denoised NL paper's "+DANet" (Table IV; its Table V delta of 10.04 GFLOPs is exactly these two
+    modules on 512 x 48 x 48). DANet's own head, with its 3x3 convolutions, is :class:`DualAttention`.
+
+    Args:
+        in_channels: channels C of x and of the output.
+        reduction: PAM's q and k have C/``reduction`` channels.
+    """
+    return ParallelSum(PositionAttention(in_channels, reduction=reduction), ChannelAttention(in_channels))
+
+
+def compact_position_channel_attention(
+    in_channels: int,
+    *,
+    compact_channels: int | None = None,
+    pool_sizes: Sequence[int] = (1, 2, 3, 6),
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+) -> ParallelSum:
+    """DRANet's attention modules on the map itself: CPAM(x) + CCAM(x), C channels in and out.
+
+    The Denoised NL paper's "+DRANet*" (Table IV: "we only use CPAM and CCAM module"). DRANet's head,
+    with its 3x3 convolutions, is :class:`CompactDualAttention`.
+
+    Args:
+        in_channels: channels C of x and of the output.
+        compact_channels: channels of CCAM's compact map, default C/16 (released).
+        pool_sizes: CPAM's pyramid levels.
+        norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
+    """
+    compact_channels = in_channels // 16 if compact_channels is None else compact_channels
+    return ParallelSum(
+        CompactPositionAttention(in_channels, pool_sizes, norm_layer=norm_layer),
+        CompactChannelAttention(in_channels, compact_channels, norm_layer=norm_layer),
+    )

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
 from nlseg.ops import nonlocal_attention
 
-__all__ = ["NonLocal2d"]
+__all__ = ["NonLocal2d", "nonlocal_concat"]
 
 SCALES = {"sqrt": None, "none": 1.0}  # None: Ck^-1/2 inside the op
 FUSIONS = ("add", "concat")
@@ -91,3 +91,30 @@ class NonLocal2d(nn.Module):
         if self.fusion == "add":
             return x + context
         return self.fuse(torch.cat([context, x], dim=1))
+
+
+def nonlocal_concat(
+    in_channels: int,
+    key_channels: int | None = None,
+    value_channels: int | None = None,
+    *,
+    scale: str = "sqrt",
+    out_channels: int | None = None,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    dropout: float = 0.05,
+) -> NonLocal2d:
+    """ANN's "NB" (Table 6, Eq. 5): the non-local block in its concatenation form,
+    ``Dropout2d(ReLU(BN(conv1x1(cat(Wo(O), x)))))`` with θ, φ, g separate 1x1 convs and Ck^-1/2 scale.
+
+    Args: as :class:`NonLocal2d` (``fusion="concat"``).
+    """
+    return NonLocal2d(
+        in_channels,
+        key_channels,
+        value_channels,
+        scale=scale,
+        fusion="concat",
+        out_channels=out_channels,
+        norm_layer=norm_layer,
+        dropout=dropout,
+    )

@@ -99,7 +99,7 @@ class ANN(Segmentor):
         if context == "apnb":
             self.context = create_block("apnb", head_channels, norm_layer=norm_layer, **attention)
         elif context == "nb":
-            self.context = create_block("nl", head_channels, fusion="concat", norm_layer=norm_layer, **attention)
+            self.context = create_block("nb", head_channels, norm_layer=norm_layer, **attention)
         self.dropout = nn.Dropout2d(dropout) if self.context is None else nn.Identity()
         self.classifier = nn.Conv2d(head_channels, num_classes, 1)
 

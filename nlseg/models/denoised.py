@@ -27,104 +27,33 @@ import torch
 from torch import Tensor, nn
 
 from nlseg.backbones import BasicBlock
-from nlseg.blocks import (
-    ChannelAttention,
-    CompactChannelAttention,
-    CompactPositionAttention,
-    CrissCrossAttention,
-    PositionAttention,
-    create_block,
-)
+from nlseg.blocks import block_options, create_block, list_blocks
 from nlseg.blocks.layers import ConvNormAct
 from nlseg.models.base import SegHead, Segmentor
 
-__all__ = ["BLOCKS", "DenoisedNLNet", "DenoisedNLPipeline", "ParallelSum"]
+__all__ = ["DenoisedNLNet", "DenoisedNLPipeline", "comparison_block"]
 
 HEAD_DROPOUT = 0.05
-
-
-class ParallelSum(nn.Module):
-    """Two blocks on one input, outputs summed, as DANet sums its position and channel branches.
-
-    Args:
-        first: a block keeping the channel count.
-        second: another one.
-    """
-
-    def __init__(self, first: nn.Module, second: nn.Module) -> None:
-        super().__init__()
-        self.first = first
-        self.second = second
-        self.out_channels = first.out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        return self.first(x) + self.second(x)
-
-
-# Tables IV and V re-implement each method by its attention modules alone, on the reduced 512-channel
-# map: Table V's deltas are exactly those modules' FLOPs (benchmarks/model_table.py, docs/models.md).
-
-
-def _nl(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # softmax(q kᵀ) v with q, k at C/8 (= Ck 64) and v at C, γ-residual, no scale, no Wo: the Denoised NL
-    # block without GR and LR (Table V: +7.63 GFLOPs).
-    return PositionAttention(channels)
-
-
-def _ocnet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    return create_block("ocnet", channels, norm_layer=norm_layer)
-
-
-def _ccnet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # CCNet's recurrent criss-cross attention, R = 2, q, k at C/8.
-    return CrissCrossAttention(channels, recurrence=2)
-
-
-def _danet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # DANet's PAM + CAM on the map itself (Table V: +10.04 GFLOPs).
-    return ParallelSum(PositionAttention(channels), ChannelAttention(channels))
-
-
-def _dranet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # "DRANet*": CPAM + CCAM only (Table IV's footnote), CCAM's compact map at C/16 as released.
-    return ParallelSum(
-        CompactPositionAttention(channels, norm_layer=norm_layer),
-        CompactChannelAttention(channels, channels // 16, norm_layer=norm_layer),
-    )
-
-
-def _ppm(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    return create_block("ppm", channels, out_channels=channels, norm_layer=norm_layer)
-
-
-def _aspp(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # DeepLabV3's rates for features at 1/16; C channels out, like every block here.
-    return create_block("aspp", channels, out_channels=channels, dilations=(6, 12, 18), norm_layer=norm_layer)
 
 
 BlockFactory = Callable[[int, type[nn.Module]], nn.Module]
 """Builds a context block from (channels, norm_layer)."""
 
-BLOCKS: dict[str, BlockFactory] = {
-    "nl": _nl,
-    "ocnet": _ocnet,
-    "ccnet": _ccnet,
-    "danet": _danet,
-    "dranet": _dranet,
-    "ppm": _ppm,
-    "aspp": _aspp,
-}
-"""The blocks Tables III and IV put in place of Denoised NL, each built on the reduced map's C channels and
-returning C channels, so the rest of the pipeline is the Baseline's and a row's extra cost is its block's."""
+
+def comparison_block(name: str, channels: int, norm_layer: type[nn.Module]) -> nn.Module:
+    """``create_block(name, channels)`` with the model's norm where the block has one: the block the Denoised NL
+    tables put in place of Denoised NL (Tables III and IV), on the reduced map's C channels, returning C
+    channels, so the rest of the pipeline is the Baseline's and a row's extra cost is its block's."""
+    norm = {"norm_layer": norm_layer} if "norm_layer" in block_options(name) else {}
+    return create_block(name, channels, **norm)
 
 
 class DenoisedNLPipeline(Segmentor):
-    """The Denoised NL paper's pipeline (Fig. 3) with any block of :data:`BLOCKS`, or none, at 1/16.
+    """The Denoised NL paper's pipeline (Fig. 3) with any block of ``nlseg.blocks.list_blocks()``, or none, at 1/16.
 
     Args:
-        block: a name of :data:`BLOCKS`, a function building the block from (channels, norm_layer), or
-            None for the Baseline of Tables II-V.
+        block: a ``create_block`` name (built by :func:`comparison_block`), a function building the block
+            from (channels, norm_layer), or None for the Baseline of Tables II-V.
         num_classes: number of classes K.
         backbone: backbone name, e.g. ``"resnet101"``.
         pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
@@ -163,11 +92,11 @@ class DenoisedNLPipeline(Segmentor):
         grad_checkpointing: bool = False,
     ) -> None:
         if isinstance(block, str):
-            if block not in BLOCKS:
+            if block not in list_blocks():
                 raise ValueError(
-                    f"{type(self).__name__}: unknown block {block!r}; expected one of {tuple(BLOCKS)} or None"
+                    f"{type(self).__name__}: unknown block {block!r}; expected one of {list_blocks()} or None"
                 )
-            block = BLOCKS[block]
+            block = functools.partial(comparison_block, block)
         super().__init__(
             num_classes=num_classes,
             backbone=backbone,
