@@ -42,23 +42,23 @@ def gflops(workloads: list) -> list[float]:
 @pytest.mark.parametrize("size", [(96, 96), (128, 256)])
 def test_table1_flops_match_closed_forms_and_the_paper(size):
     n, (c, ck) = size[0] * size[1], (2048, 256)
-    materialised, nb = gflops(block_workloads("nl", size))
+    materialised, nb = gflops(block_workloads("nb", size))
     (apnb,) = gflops(block_workloads("apnb", size))
     assert materialised == nb  # one algorithm, two ways of computing it
     assert nb * 1e9 == 2 * nb_unit_macs(n, c, ck)
     assert apnb * 1e9 == 2 * apnb_unit_macs(n, c, ck)
     # ANN Table 1's "GFLOPs" are these multiply-adds plus what its torchstat count adds: a conv bias per output
     # (key, value: Ĉ; Wo: C), BN 2 and ReLU 1 per element of the key map: N (5 Ĉ + C). NB: 58.0 and 601.4.
-    assert round((nb / 2 * 1e9 + n * (5 * ck + c)) / 1e9, 1) == ANN_TABLE1[("nl", size)][0]
+    assert round((nb / 2 * 1e9 + n * (5 * ck + c)) / 1e9, 1) == ANN_TABLE1[("nb", size)][0]
     if size == (96, 96):  # APNB: 15.0 against the paper's 15.5 (its 256x128 figure, 43.5, is below 3 N C Ĉ alone)
         assert apnb / 2 == pytest.approx(ANN_TABLE1[("apnb", size)][0], rel=0.04)
 
 
 def test_whole_blocks_add_the_fusion_conv():
     size, n, c, ck = (24, 32), 24 * 32, 64, 16
-    (nl,) = gflops(block_workloads("nl", size, channels=c, key_channels=ck, whole=True))  # NonLocal2d: θ, φ
+    (nb,) = gflops(block_workloads("nb", size, channels=c, key_channels=ck, whole=True))  # NonLocal2d: θ, φ
     (apnb,) = gflops(block_workloads("apnb", size, channels=c, key_channels=ck, whole=True))
-    assert nl * 1e9 == 2 * (n * c * ck + nb_unit_macs(n, c, ck) + fusion_macs(n, c))
+    assert nb * 1e9 == 2 * (n * c * ck + nb_unit_macs(n, c, ck) + fusion_macs(n, c))
     assert apnb * 1e9 == 2 * (apnb_unit_macs(n, c, ck) + fusion_macs(n, c))
 
 
@@ -74,7 +74,7 @@ def test_table1_unit_is_the_blocks_attention_branch():
             set_fused(block, False)
             torch.testing.assert_close(block.attention_branch(x), context)  # materialised: the same function
         fusion = sum(p.numel() for p in block.fuse.parameters())
-        name = "nl" if pools is None else "apnb"
+        name = "nb" if pools is None else "apnb"
         for _, _, params in block_workloads(name, (7, 9), channels=16, key_channels=4):
             assert params == sum(p.numel() for p in block.parameters()) - fusion
 
@@ -143,12 +143,12 @@ BLOCK_KEYS = {
 
 def test_bench_blocks_json_records(tmp_path, capsys):
     out = tmp_path / "blocks.json"
-    argv = ["bench", "blocks", "--blocks", "nl,apnb,afnb,denoised_nl", "--sizes", "8x8,6x10", "--channels", "32",
+    argv = ["bench", "blocks", "--blocks", "nb,apnb,afnb,denoised_nl", "--sizes", "8x8,6x10", "--channels", "32",
             "--key-channels", "8", "--low-channels", "16", "--repeats", "1", "--json", str(out)]
     assert cli_main(argv) == 0
     records = json.loads(out.read_text())
     assert [(r["block"], r["size"]) for r in records] == [
-        (b, s) for s in ("8x8", "6x10") for b in ("nl", "nl", "apnb", "afnb", "denoised_nl")
+        (b, s) for s in ("8x8", "6x10") for b in ("nb", "nb", "apnb", "afnb", "denoised_nl")
     ]
     for r in records:
         for key, kind in BLOCK_KEYS.items():
@@ -161,15 +161,15 @@ def test_bench_blocks_json_records(tmp_path, capsys):
     for nb in (materialised, flash):
         assert nb["gflops"] * 1e9 == 2 * nb_unit_macs(64, 32, 8)
     printed = capsys.readouterr().out
-    assert "| nl | ANN Table 1 unit, materialised (as the paper) | 8x8 | fwd |" in printed
-    assert "NL (ANN Table 1 unit, materialised (as the paper)) / APNB at 6x10 (fwd): GFLOPs" in printed
+    assert "| nb | ANN Table 1 unit, materialised (as the paper) | 8x8 | fwd |" in printed
+    assert "NB (ANN Table 1 unit, materialised (as the paper)) / APNB at 6x10 (fwd): GFLOPs" in printed
 
 
 def test_bench_blocks_backward_and_unknown_names(tmp_path, capsys):
-    report = blocks_table(["ppm", "nl"], [(6, 6)], channels=16, key_channels=4, whole=True, backward=True, repeats=1)
+    report = blocks_table(["ppm", "nb"], [(6, 6)], channels=16, key_channels=4, whole=True, backward=True, repeats=1)
     assert [r["pass"] for r in report.records] == ["fwd+bwd", "fwd+bwd"]
     assert report.records[1]["measured"] == "whole block"
-    assert cli_main(["bench", "blocks", "--blocks", "nl,nonlocal"]) == 2
+    assert cli_main(["bench", "blocks", "--blocks", "nb,nonlocal"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nlseg bench: error: --blocks: unknown block(s) nonlocal; known: ")
     assert cli_main(["bench", "blocks", "--whole", "--lean-only"]) == 2

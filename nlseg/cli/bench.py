@@ -71,13 +71,13 @@ def add_parser(sub) -> None:
 
     t = targets.add_parser(
         "blocks", help="ANN Table 1 (NB against APNB) and any block of `nlseg list blocks`",
-        description="Blocks at one input: GFLOPs, parameters, peak memory, time. By default ANN Table 1: NL "
-        "(ANN's NB) and APNB at C = 2048, Ĉ = 256, measured as the paper measures them — key (= query) and value "
+        description="Blocks at one input: GFLOPs, parameters, peak memory, time. By default ANN Table 1: NB "
+        "and APNB at C = 2048, Ĉ = 256, measured as the paper measures them — key (= query) and value "
         "1x1 convs, the attention and Wo, without the concatenation and the fusion conv — in eval mode without "
         "autograd; the paper's GFLOPs are multiply-adds (GMACs here).",
     )
-    t.add_argument("--blocks", type=_names, default=["nl", "apnb"],
-                   help="comma-separated block names (`nlseg list blocks`), or 'all' (default nl,apnb)")
+    t.add_argument("--blocks", type=_names, default=["nb", "apnb"],
+                   help="comma-separated block names (`nlseg list blocks`), or 'all' (default nb,apnb: ANN Table 1)")
     t.add_argument("--sizes", type=_sizes, default=[(96, 96)], help="feature map sizes HxW, comma-separated "
                    "(default 96x96)")
     t.add_argument("--channels", type=int, default=2048, help="input channels C (default 2048)")
@@ -85,10 +85,10 @@ def add_parser(sub) -> None:
     t.add_argument("--low-channels", type=int, default=1024, help="low-level channels of fusion blocks (default 1024)")
     t.add_argument("--backward", action="store_true", help="time forward + backward (eval-mode norms)")
     t.add_argument("--whole", action="store_true",
-                   help="measure nl and apnb as whole nlseg blocks (with the concatenation and the fusion conv; nl "
-                   "as NonLocal2d(fusion='concat')) instead of ANN Table 1's unit")
+                   help="measure nb and apnb as whole blocks, as create_block builds them (with the concatenation and "
+                   "the fusion conv; nb with separate θ and φ) instead of ANN Table 1's unit")
     t.add_argument("--lean-only", action="store_true",
-                   help="measure nl's Table 1 unit with nlseg's flash attention only (skip the materialised form "
+                   help="measure nb's Table 1 unit with nlseg's flash attention only (skip the materialised form "
                    "the paper measured; it needs 2 N x N maps: 8 GiB at 128x256)")
     _common(t)
 
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
         blocks = list_blocks() if "all" in args.blocks else args.blocks
         _check_names("block", "--blocks", blocks, list_blocks())
         if args.lean_only and args.whole:
-            raise ConfigError("--lean-only applies to the ANN Table 1 unit of nl; drop --whole")
+            raise ConfigError("--lean-only applies to the ANN Table 1 unit of nb; drop --whole")
         report = blocks_table(blocks, args.sizes, channels=args.channels, key_channels=args.key_channels,
                               low_channels=args.low_channels, whole=args.whole, released=not args.lean_only,
                               backward=args.backward, **common)

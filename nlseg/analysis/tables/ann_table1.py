@@ -1,18 +1,21 @@
 """ANN Table 1: the non-local block (NB) against APNB at C = 2048, Ĉ = 256; and any block of ``list_blocks()``.
 
+
 ANN §4.3.1, Table 1. The released measuring code (``efficiency_statics/`` of MendelXu/ANN, torchstat on
 single blocks) builds each block's attention branch only — one 1x1 conv + BN + ReLU shared by key and
 query, a 1x1 value conv, the two products and ``Wo`` — and returns ``Wo(O)``; the concatenation with x and
 the fusion conv on cat(2C) are not part of it. That unit is :meth:`APNB.attention_branch
-<nlseg.blocks.APNB.attention_branch>`; Table 1's NB is ANN's released NB, ``APNB(pool_sizes=None)``. The
+<nlseg.blocks.APNB.attention_branch>`; Table 1's NB is ANN's NB as its measuring code builds it,
+``APNB(pool_sizes=None)`` (key and query shared; ``create_block("nb")``, the block of ``ann_nb_r101``, has
+separate θ and φ: one more C x Ĉ conv, which Table 1 does not count). The
 paper's "GFLOPs" are multiply-adds (GMACs here). For NB, 3·N·C·Ĉ (key, value, Wo) + 2·N²·Ĉ (the two
 products) = 57.98 G at 96x96 and 601.30 G at 128x256, plus 0.03 G and 0.11 G of conv biases, BN and ReLU
 that torchstat also counts: Table 1's 58.0 and 601.4.
 
 In that setting NB is measured twice: with the materialised N x N map (the block with ``fused=False``,
 as the paper measured it; the NB / APNB ratios are taken from this one) and with nlseg's flash attention.
-``whole=True`` measures nl and apnb as nlseg's models use them (with the concatenation and the fusion
-conv); every other block is always measured whole.
+``whole=True`` measures nb and apnb as ``create_block`` builds them for the models (with the concatenation
+and the fusion conv); every other block is always measured whole, as ``create_block(name)`` builds it.
 """
 from __future__ import annotations
 
@@ -23,36 +26,24 @@ from torch import nn
 
 from nlseg.analysis.measure import ModuleWorkload, count_parameters, describe_run, measure
 from nlseg.analysis.report import Column, Report, fmt, ratio, size_text, text_column
-from nlseg.blocks import APNB, create_block, set_fused
+from nlseg.blocks import APNB, block_options, create_block, set_fused
 
 __all__ = ["ANN_TABLE1", "ANN_TABLE1_CHANNELS", "blocks_table", "block_workloads"]
 
 NUM_CLASSES = 19  # Cityscapes, the class probabilities Denoised NL reads
 
 ANN_TABLE1: dict[tuple[str, tuple[int, int]], tuple[float, float, float]] = {
-    ("nl", (96, 96)): (58.0, 609, 19.5),
+    ("nb", (96, 96)): (58.0, 609, 19.5),
     ("apnb", (96, 96)): (15.5, 150, 12.4),
-    ("nl", (128, 256)): (601.4, 7797, 179.4),
+    ("nb", (128, 256)): (601.4, 7797, 179.4),
     ("apnb", (128, 256)): (43.5, 277, 30.8),
 }
 """ANN Table 1 (Titan Xp, CUDA 9.0, batch 1, C = 2048, Ĉ = 256): GFLOPs (multiply-adds), GPU memory (MB),
 GPU time (ms), keyed by block and the feature map's (H, W) in sorted order: the paper writes 256x128 as W x H."""
 ANN_TABLE1_CHANNELS = (2048, 256)
 """(C, Ĉ) of ANN Table 1."""
-TABLE1_POOLS = {"nl": None, "apnb": (1, 3, 6, 8)}
+TABLE1_POOLS = {"nb": None, "apnb": (1, 3, 6, 8)}
 """The APNB of each Table 1 row: NB attends to all N positions, APNB to S = 110 pyramid anchors."""
-
-# Which widths of ``key_channels`` each block takes (the others keep their own defaults).
-_WIDTHS: dict[str, tuple[str, ...]] = {
-    "nl": ("key_channels", "value_channels"),
-    "apnb": ("key_channels", "value_channels"),
-    "afnb": ("key_channels", "value_channels"),
-    "fnb": ("key_channels", "value_channels"),
-    "ocnet": ("key_channels", "value_channels"),
-    "denoised_nl": ("key_channels",),  # its value width must equal C (residual)
-}
-_FUSION_BLOCKS = ("afnb", "fnb", "common_fusion")
-
 
 def _table1_block(channels: int, key_channels: int, pool_sizes: tuple[int, ...] | None, fused: bool) -> APNB:
     block = APNB(channels, key_channels=key_channels, value_channels=key_channels, pool_sizes=pool_sizes)
@@ -86,7 +77,7 @@ def block_workloads(
         channels: input channels C.
         key_channels: key/value channels Ĉ of the blocks that take them.
         low_channels: low-level channels of the fusion blocks.
-        whole: measure nl and apnb as whole blocks instead of ANN Table 1's unit.
+        whole: measure nb and apnb as whole blocks instead of ANN Table 1's unit.
         released: in the Table 1 setting, also measure NB with the materialised map.
         backward: forward + backward instead of the forward pass.
     """
@@ -94,7 +85,7 @@ def block_workloads(
     x = (1, channels, h, w)
     if name in TABLE1_POOLS and not whole:
         pools = TABLE1_POOLS[name]
-        forms = (False, True) if name == "nl" and released else (True,)
+        forms = (False, True) if name == "nb" and released else (True,)
         cases = []
         for fused in forms:
 
@@ -105,14 +96,15 @@ def block_workloads(
             workload = ModuleWorkload(unit, (x,), backward=backward, method="attention_branch")
             cases.append((workload, what, _unit_parameters(unit)))
         return cases
-    options: dict[str, object] = {key: key_channels for key in _WIDTHS.get(name, ())}
-    if name == "nl":
-        options["fusion"] = "concat"  # ANN's NB form, as in ann_nb_r*
+    accepted = block_options(name)
+    options: dict[str, object] = {key: key_channels for key in ("key_channels", "value_channels") if key in accepted}
+    if name == "denoised_nl":
+        del options["value_channels"]  # its value width is C, for the residual
     shapes: tuple[tuple[int, ...], ...] = (x,)
     probabilities: tuple[int, ...] = ()
-    if name in _FUSION_BLOCKS:
+    if "low_channels" in accepted:  # a fusion block: forward(low, high)
         options["low_channels"] = low_channels
-        shapes = ((1, low_channels, h, w), x)  # forward(low, high)
+        shapes = ((1, low_channels, h, w), x)
     elif name == "denoised_nl":
         shapes = (x, (1, NUM_CLASSES, h, w))  # forward(x, class probabilities)
         probabilities = (1,)
@@ -124,7 +116,7 @@ def block_workloads(
 
 
 def blocks_table(
-    blocks: Sequence[str] = ("nl", "apnb"),
+    blocks: Sequence[str] = ("nb", "apnb"),
     sizes: Sequence[tuple[int, int]] = ((96, 96),),
     *,
     channels: int = 2048,
@@ -204,7 +196,7 @@ def _ratios(records: list[dict]) -> list[str]:
     """One line per NB record: NB / APNB of GFLOPs, memory and time at its size, the paper's alongside."""
     apnbs = {(r["size"], r["pass"]): r for r in records if r["block"] == "apnb"}
     lines = []
-    for nb in (r for r in records if r["block"] == "nl"):
+    for nb in (r for r in records if r["block"] == "nb"):
         apnb = apnbs.get((nb["size"], nb["pass"]))
         if apnb is None:
             continue
@@ -214,5 +206,5 @@ def _ratios(records: list[dict]) -> list[str]:
             paper = ratio(nb[paper_key], apnb[paper_key])
             parts.append(f"{label} {fmt(ratio(nb[key], apnb[key]), '.1f')}×"
                          + ("" if paper is None else f" (paper {paper:.1f}×)"))
-        lines.append(f"NL ({nb['measured']}) / APNB at {nb['size']} ({nb['pass']}): " + ", ".join(parts) + ".")
+        lines.append(f"NB ({nb['measured']}) / APNB at {nb['size']} ({nb['pass']}): " + ", ".join(parts) + ".")
     return lines
