@@ -10,6 +10,13 @@ high-level channels, ``low_channels`` is a required option and ``out_channels`` 
 defaults to ``in_channels``. One name means one module everywhere: in the models, in ``nlseg bench`` and
 in the pictures. A Denoised NL comparison model ``<name>_r50/_r101`` uses ``create_block("<name>", 512)``.
 
+Blocks own their math. Every attention block has a ``fused`` attribute (default True): False runs its op's
+plain reference path, which materialises the map as the released code does; :func:`set_fused` sets it on
+every block inside a model. ``APNB.attend(x)`` / ``NonLocal2d.attend(x)`` are the attention branch alone,
+``Wo(O)`` (ANN Table 1's unit). ``block.attention_rows(*inputs, index=(y, x))`` returns the attention row(s)
+of one query position as ``{title: (B, H, W)}`` (DenoisedNL, APNB / ObjectContext, NonLocal2d,
+PositionAttention, CrissCrossAttention).
+
 =================  ===============================================================================
 name               module
 =================  ===============================================================================
@@ -80,11 +87,38 @@ __all__ = [
     "ParallelSum",
     "PositionAttention",
     "RCCAModule",
+    "ROW_BLOCKS",
     "block_options",
     "create_block",
     "list_blocks",
     "register_block",
+    "set_fused",
 ]
+
+ROW_BLOCKS: tuple[type[nn.Module], ...] = (
+    DenoisedNL,
+    APNB,  # ANN's APNB, and OCNet's block (ObjectContext, an APNB without pooling)
+    NonLocal2d,  # ANN's NB rows, Wang et al.'s block
+    PositionAttention,  # the NL rows of the Denoised NL tables, DANet's position branch
+    CrissCrossAttention,  # CCNet, also inside RCCAModule
+)
+"""Blocks with ``attention_rows(*inputs, index=(y, x))``: one query position's attention over the grid."""
+
+
+def set_fused(module: nn.Module, fused: bool) -> int:
+    """Set ``fused`` on every attention block inside ``module`` (itself included).
+
+    Args:
+        module: a block or a model.
+        fused: True for the ops' fast paths, False for their reference paths (the materialised maps).
+
+    Returns:
+        how many blocks were set.
+    """
+    blocks = [m for m in module.modules() if isinstance(getattr(m, "fused", None), bool)]
+    for block in blocks:
+        block.fused = fused
+    return len(blocks)
 
 
 BlockBuilder = Callable[..., nn.Module]

@@ -13,7 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, ParallelSum, check_channels, to_map, to_tokens
-from nlseg.ops import channel_attention, nonlocal_attention, pyramid_sample
+from nlseg.ops import (
+    channel_attention,
+    channel_attention_reference,
+    nonlocal_attention,
+    nonlocal_attention_reference,
+    nonlocal_row,
+    pyramid_sample,
+)
 
 __all__ = [
     "ChannelAttention",
@@ -30,6 +37,9 @@ __all__ = [
 class PositionAttention(nn.Module):
     """DANet's position attention module (PAM, §3.2): ``γ · softmax(q kᵀ) v + x``, no scale, γ = 0 at init.
 
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
+
     Args:
         in_channels: channels C of x and of the output.
         reduction: q and k have C/``reduction`` channels (DANet: 8); v has C.
@@ -41,6 +51,7 @@ class PositionAttention(nn.Module):
         super().__init__()
         check_channels("PositionAttention", key_channels=in_channels // reduction)
         self.out_channels = in_channels
+        self.fused = True
         self.query = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.key = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.value = nn.Conv2d(in_channels, in_channels, 1)
@@ -48,14 +59,19 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        out = nonlocal_attention(
-            to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x)), scale=1.0
-        )  # (B, N, C)
+        attention = nonlocal_attention if self.fused else nonlocal_attention_reference
+        out = attention(to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x)), scale=1.0)  # (B, N, C)
         return self.gamma * to_map(out, *x.shape[-2:]) + x
+
+    def attention_rows(self, x: Tensor, *, index: tuple[int, int]) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s row of the map over x's grid (:func:`nlseg.ops.nonlocal_row`): {title: (B, H, W)}."""
+        return {"attention": nonlocal_row(self.query(x), self.key(x), index, scale=1.0)}
 
 
 class ChannelAttention(nn.Module):
     """DANet's channel attention module (CAM, §3.3): ``γ · channel_attention(x) + x``, γ = 0 at init.
+
+    ``fused`` (attribute, default True): False runs :func:`nlseg.ops.channel_attention_reference`.
 
     Args:
         in_channels: channels C of x and of the output (CAM has no weights besides γ).
@@ -66,11 +82,13 @@ class ChannelAttention(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.out_channels = in_channels
+        self.fused = True
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return self.gamma * channel_attention(x) + x
+        attention = channel_attention if self.fused else channel_attention_reference
+        return self.gamma * attention(x) + x
 
 
 class DualAttention(nn.Module):
@@ -117,6 +135,9 @@ class CompactPositionAttention(nn.Module):
     each level through its own 1x1 conv (C -> C) + BN + ReLU; q is a 1x1 conv of x to C/4, k and v are
     linear maps of the centres to C/4 and C.
 
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
+
     Args:
         in_channels: channels C of x and of the output.
         pool_sizes: pyramid levels of the centres.
@@ -138,6 +159,7 @@ class CompactPositionAttention(nn.Module):
         check_channels("CompactPositionAttention", key_channels=in_channels // reduction)
         self.pool_sizes = tuple(pool_sizes)
         self.out_channels = in_channels
+        self.fused = True
         self.encoders = nn.ModuleList(
             ConvNormAct(in_channels, in_channels, 1, norm_layer=norm_layer) for _ in self.pool_sizes
         )
@@ -153,15 +175,16 @@ class CompactPositionAttention(nn.Module):
             [encode(level.unsqueeze(-1)) for encode, level in zip(self.encoders, levels, strict=True)], dim=2
         )  # (B, C, S, 1): a 1 x n² "map" per level, so the norm sees each level's own statistics
         centres = centres.squeeze(-1).transpose(1, 2)  # (B, S, C)
-        out = nonlocal_attention(
-            to_tokens(self.query(x)), self.key(centres), self.value(centres), scale=1.0
-        )  # (B, N, C)
+        attention = nonlocal_attention if self.fused else nonlocal_attention_reference
+        out = attention(to_tokens(self.query(x)), self.key(centres), self.value(centres), scale=1.0)  # (B, N, C)
         return self.gamma * to_map(out, *x.shape[-2:]) + x
 
 
 class CompactChannelAttention(nn.Module):
     """DRANet's compact channel attention (CCAM): ``γ · channel_attention(x, Y) + x``, γ = 0 at init, where
     the compact channels Y = ReLU(BN(conv1x1(x))) has ``compact_channels`` (released: C/16).
+
+    ``fused`` (attribute, default True): False runs :func:`nlseg.ops.channel_attention_reference`.
 
     Args:
         in_channels: channels C of x and of the output.
@@ -177,12 +200,14 @@ class CompactChannelAttention(nn.Module):
         super().__init__()
         check_channels("CompactChannelAttention", compact_channels=compact_channels)
         self.out_channels = in_channels
+        self.fused = True
         self.encoder = ConvNormAct(in_channels, compact_channels, 1, norm_layer=norm_layer)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return self.gamma * channel_attention(x, self.encoder(x)) + x
+        attention = channel_attention if self.fused else channel_attention_reference
+        return self.gamma * attention(x, self.encoder(x)) + x
 
 
 class CompactDualAttention(nn.Module):
