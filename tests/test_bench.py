@@ -69,10 +69,10 @@ def test_table1_unit_is_the_blocks_attention_branch():
         block = APNB(16, key_channels=4, value_channels=4, pool_sizes=pools).double().eval()
         torch.nn.init.normal_(block.out_proj.weight)  # Wo starts at zero; make it show
         with torch.no_grad():
-            context = block.attention_branch(x)
+            context = block.attend(x)
             torch.testing.assert_close(block.fuse(torch.cat([context, x], 1)), block(x))  # the rest of the block
             set_fused(block, False)
-            torch.testing.assert_close(block.attention_branch(x), context)  # materialised: the same function
+            torch.testing.assert_close(block.attend(x), context)  # materialised: the same function
         fusion = sum(p.numel() for p in block.fuse.parameters())
         name = "nb" if pools is None else "apnb"
         for _, _, params in block_workloads(name, (7, 9), channels=16, key_channels=4):

@@ -95,7 +95,7 @@ def test_set_fused_reaches_every_block_of_a_model():
 
 
 @pytest.mark.parametrize("pool_sizes", [(1, 3, 6, 8), None])
-def test_apnb_attend_is_the_attention_branch_of_its_forward(pool_sizes):
+def test_apnb_attend_is_the_attend_of_its_forward(pool_sizes):
     """attend(x) = Wo(softmax(Ĉ^-1/2 q P(k)ᵀ) P(v)), and forward = fuse(cat(attend(x), x)) (ANN Table 1's unit)."""
     torch.manual_seed(0)
     block = randomised(APNB(C, key_channels=8, value_channels=8, pool_sizes=pool_sizes))

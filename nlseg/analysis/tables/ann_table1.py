@@ -4,8 +4,8 @@
 ANN §4.3.1, Table 1. The released measuring code (``efficiency_statics/`` of MendelXu/ANN, torchstat on
 single blocks) builds each block's attention branch only — one 1x1 conv + BN + ReLU shared by key and
 query, a 1x1 value conv, the two products and ``Wo`` — and returns ``Wo(O)``; the concatenation with x and
-the fusion conv on cat(2C) are not part of it. That unit is :meth:`APNB.attention_branch
-<nlseg.blocks.APNB.attention_branch>`; Table 1's NB is ANN's NB as its measuring code builds it,
+the fusion conv on cat(2C) are not part of it. That unit is :meth:`APNB.attend
+<nlseg.blocks.APNB.attend>`; Table 1's NB is ANN's NB as its measuring code builds it,
 ``APNB(pool_sizes=None)`` (key and query shared; ``create_block("nb")``, the block of ``ann_nb_r101``, has
 separate θ and φ: one more C x Ĉ conv, which Table 1 does not count). The
 paper's "GFLOPs" are multiply-adds (GMACs here). For NB, 3·N·C·Ĉ (key, value, Wo) + 2·N²·Ĉ (the two
@@ -93,7 +93,7 @@ def block_workloads(
                 return _table1_block(channels, key_channels, pools, fused)
 
             what = "ANN Table 1 unit, " + ("nlseg flash attention" if fused else "materialised (as the paper)")
-            workload = ModuleWorkload(unit, (x,), backward=backward, method="attention_branch")
+            workload = ModuleWorkload(unit, (x,), backward=backward, method="attend")
             cases.append((workload, what, _unit_parameters(unit)))
         return cases
     accepted = block_options(name)
