@@ -14,7 +14,8 @@ WITH_BLOCK = [name for name, entry in ZOO.items() if entry.block is not None]
 
 def context_block(model: nn.Module) -> nn.Module:
     """The module the model builds from its zoo block name: ANN's context, the Denoised NL pipeline's block."""
-    return model.context if hasattr(model, "context") else model.block
+    decoder = model.decoder
+    return decoder.context if hasattr(decoder, "context") else decoder.block
 
 
 def layout(module: nn.Module) -> dict[str, tuple[int, ...]]:

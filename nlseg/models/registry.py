@@ -2,8 +2,10 @@
 
 The registry is the model table :data:`nlseg.models.zoo.ZOO`: a model is registered by its
 :class:`~nlseg.models.zoo.ZooEntry`, whose builder is any callable returning an ``nn.Module`` with its
-options as explicit keyword-only parameters. ``create_model`` accepts exactly those options and names any
-other it is given.
+options as explicit keyword-only parameters. A builder's ``backbone_options``
+(:class:`~nlseg.models.base.BackboneOptions`) is offered field by field (``backbone``, ``stem``, ...), so a
+backbone option added there is an option of every model. ``create_model`` accepts exactly these options and
+names any other it is given.
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ from typing import Any
 
 from torch import nn
 
+from nlseg.models.base import BackboneOptions
 from nlseg.models.zoo import ZOO, ZooEntry, zoo_entry
 
 __all__ = ["create_model", "list_models", "model_info", "model_options", "register_model"]
 
 REQUIRED = ("num_classes", "pretrained_backbone")
 """Keyword arguments every builder takes; they are arguments of ``create_model`` rather than options."""
+BACKBONE = "backbone_options"
+"""The builder parameter (a :class:`~nlseg.models.base.BackboneOptions`) whose fields are options."""
 
 
 def check_builder(entry: ZooEntry) -> None:
@@ -56,8 +61,13 @@ def model_options(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name.
     """
-    params = inspect.signature(zoo_entry(name).builder).parameters
-    return {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in REQUIRED}
+    options: dict[str, Any] = {}
+    for n, p in inspect.signature(zoo_entry(name).builder).parameters.items():
+        if n == BACKBONE and isinstance(p.default, BackboneOptions):
+            options |= p.default.options()
+        elif p.kind is p.KEYWORD_ONLY and n not in REQUIRED:
+            options[n] = p.default
+    return options
 
 
 def model_info(name: str) -> dict[str, Any]:
@@ -100,6 +110,11 @@ def create_model(
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"model {name!r} got unknown option(s) {unknown}; it accepts {list(accepted)}")
+    backbone = inspect.signature(entry.builder).parameters.get(BACKBONE)
+    if backbone is not None and isinstance(backbone.default, BackboneOptions):
+        fields = backbone.default.options()
+        changes = {key: options.pop(key) for key in list(options) if key in fields}
+        options[BACKBONE] = backbone.default.replace(**changes)
     return entry.builder(num_classes=num_classes, pretrained_backbone=pretrained_backbone, **options)
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from torch import nn
 
-from nlseg.models.ann import ANN
-from nlseg.models.denoised import DenoisedNLNet, DenoisedNLPipeline
-from nlseg.models.fcn import FCN
+from nlseg.models.ann import ANN_BACKBONE, ann
+from nlseg.models.base import BackboneOptions
+from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
+from nlseg.models.fcn import fcn
 
 __all__ = ["ANN_INPUT", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
@@ -104,14 +105,21 @@ class ZooEntry:
         return f"{self.paper} {plural} {self.table}: {self.row}"
 
 
+def _on(options: BackboneOptions, depth: int, **changes: Any) -> BackboneOptions:
+    """A row's backbone: a family's backbone options with ResNet-``depth`` and ``changes``."""
+    return options.replace(backbone=f"resnet{depth}", **changes)
+
+
 def _entries() -> list[ZooEntry]:
+    classic = BackboneOptions()
+    small_grid = dict(multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
     entries = [
-        ZooEntry("fcn_r18", functools.partial(FCN, backbone="resnet18"), "demo", "",
+        ZooEntry("fcn_r18", functools.partial(fcn, backbone_options=_on(classic, 18)), "demo", "",
                  "the FCN baseline on ResNet-18 (no paper row)", ANN_INPUT),
-        ZooEntry("fcn_r50", functools.partial(FCN, backbone="resnet50"), "ANN", "6",
+        ZooEntry("fcn_r50", functools.partial(fcn, backbone_options=_on(classic, 50)), "ANN", "6",
                  "Baseline, with ResNet-50 (the paper reports ResNet-101 only)", ANN_INPUT,
                  variants=(ZooVariant("Denoised NL Baseline (R-50) read as an FCN", DNL_BASELINE_AS_FCN, 76.7, DNL_INPUT),)),
-        ZooEntry("fcn_r101", functools.partial(FCN, backbone="resnet101"), "ANN", "6", "Baseline (R-101)",
+        ZooEntry("fcn_r101", functools.partial(fcn, backbone_options=_on(classic, 101)), "ANN", "6", "Baseline (R-101)",
                  ANN_INPUT, miou=75.8,
                  variants=(ZooVariant("Denoised NL Baseline (R-101) read as an FCN", DNL_BASELINE_AS_FCN, 77.9, DNL_INPUT),)),
     ]
@@ -128,19 +136,19 @@ def _entries() -> list[ZooEntry]:
     )
     for name, fusion, context, row, miou in table6:
         entries.append(ZooEntry(
-            f"{name}_r50", functools.partial(ANN, fusion, context, backbone="resnet50"), "ANN", "6",
+            f"{name}_r50", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 50)), "ANN", "6",
             f"{row}, with ResNet-50 (the paper reports ResNet-101 only)", ANN_INPUT, block=context))
         full = name == "ann"
         entries.append(ZooEntry(
-            f"{name}_r101", functools.partial(ANN, fusion, context, backbone="resnet101"), "ANN", "6",
+            f"{name}_r101", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 101)), "ANN", "6",
             f"{row} (R-101)", ANN_INPUT, miou=miou, block=context,
             params_m=63.17 if full else None, memory_mb=3375 if full else None, inference_s=0.611 if full else None,
             variants=(ZooVariant("ANN released code: deep-stem ResNet-101", {"stem": "deep"}),) if full else ()))
     entries += [
-        ZooEntry("denoised_nl_r18", functools.partial(DenoisedNLNet, backbone="resnet18", multi_grid=(1, 2)), "demo",
-                 "", "Denoised NL on ResNet-18 (no paper row)", DNL_INPUT, block="denoised_nl"),
+        ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)),
+                 "demo", "", "Denoised NL on ResNet-18 (no paper row)", DNL_INPUT, block="denoised_nl"),
         ZooEntry("dnl_baseline_r18",
-                 functools.partial(DenoisedNLPipeline, None, backbone="resnet18", multi_grid=(1, 2)), "demo", "",
+                 functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)), "demo", "",
                  "the Denoised NL pipeline without a block, ResNet-18 (no paper row)", DNL_INPUT),
     ]
     # Denoised NL Table II: depth, GR + LR, GR only, LR only (Cityscapes val)
@@ -152,13 +160,13 @@ def _entries() -> list[ZooEntry]:
         if depth == 101:
             variants.append(ZooVariant("Denoised NL released model (no global context)", {"global_context": False}))
         entries.append(ZooEntry(
-            f"denoised_nl_r{depth}", functools.partial(DenoisedNLNet, backbone=f"resnet{depth}"), "Denoised NL",
+            f"denoised_nl_r{depth}", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, depth)), "Denoised NL",
             "II-IV", f"+Denoised NL, GR + LR (R-{depth})", DNL_INPUT, miou=full, block="denoised_nl",
             table5_gflops=7.83 if depth == 101 else None, table5_memory_mb=428 if depth == 101 else None,
             variants=tuple(variants)))
     for depth, miou in ((50, 76.7), (101, 77.9)):
         entries.append(ZooEntry(
-            f"dnl_baseline_r{depth}", functools.partial(DenoisedNLPipeline, None, backbone=f"resnet{depth}"),
+            f"dnl_baseline_r{depth}", functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
             "Denoised NL", "II-V", f"Baseline (R-{depth}), the pipeline without a block", DNL_INPUT, miou=miou))
     # Denoised NL Tables III-V: block, table, row, (R-50, R-101) mIoU, Table V (R-101): GFLOPs, memory (MB)
     comparisons = (
@@ -174,7 +182,7 @@ def _entries() -> list[ZooEntry]:
         for depth, miou in zip((50, 101), mious, strict=True):
             delta = table5 if depth == 101 and table5 is not None else (None, None)
             entries.append(ZooEntry(
-                f"{block}_r{depth}", functools.partial(DenoisedNLPipeline, block, backbone=f"resnet{depth}"),
+                f"{block}_r{depth}", functools.partial(denoised_nl_pipeline, block, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
                 "Denoised NL", table, f"{row} (R-{depth}), in the Denoised NL pipeline at 1/16", DNL_INPUT,
                 miou=miou, block=block, table5_gflops=delta[0], table5_memory_mb=delta[1]))
     return entries
