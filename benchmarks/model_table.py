@@ -24,22 +24,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nlseg.analysis.benchmark import count_flops
-from nlseg.blocks import CrissCrossAttention, DenoisedNL, create_block
-from nlseg.models import DenoisedNLPipeline, create_model, list_models, model_info
-from nlseg.models.denoised import BLOCKS
+from nlseg.analysis.measure import count_flops
+from nlseg.blocks import create_block
+from nlseg.models import ZOO, DenoisedNLPipeline, create_model, list_models
 
 NUM_CLASSES = 19
-DNL_BASELINE_OPTIONS = dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
-# Denoised NL Table V (R-101, 1 x 3 x 768 x 768): what each block adds to the Baseline.
-TABLE_V = {
-    "nl_r101": "+7.63G / +407 MB",
-    "ccnet_r101": "+1.77G / +52 MB",
-    "danet_r101": "+10.04G / +570 MB",
-    "dranet_r101": "+0.76G / +30 MB",
-    "denoised_nl_r101": "+7.83G / +428 MB",
-}
-ANN_PARAMS = {"ann_r101": "63.17 M params (Table 2)"}
 
 
 @dataclass(frozen=True)
@@ -52,26 +41,26 @@ class Row:
 
 
 def registered_rows() -> list[Row]:
-    rows = []
-    for name in list_models():
-        info = model_info(name)
-        rows.append(Row(name, info["paper"], info["miou"], info["input_size"]))
-    return rows
+    return [Row(e.name, e.description, e.miou, e.input_size) for e in ZOO.values()]
 
 
 def variant_rows() -> list[Row]:
     """Paper rows (and released models) that are a registered model with options."""
-    dnl = (768, 768)
     return [
-        Row("ann_r101", "ANN released code: deep-stem ResNet-101", None, (1024, 2048), {"stem": "deep"}),
-        Row("denoised_nl_r50", "Denoised NL Table II: GR only (R-50)", 81.2, dnl, {"retain": False}),
-        Row("denoised_nl_r50", "Denoised NL Table II: LR only (R-50)", 81.4, dnl, {"rectify": False}),
-        Row("denoised_nl_r101", "Denoised NL Table II: GR only (R-101)", 82.3, dnl, {"retain": False}),
-        Row("denoised_nl_r101", "Denoised NL Table II: LR only (R-101)", 82.5, dnl, {"rectify": False}),
-        Row("denoised_nl_r101", "Denoised NL released model (no global context)", None, dnl, {"global_context": False}),
-        Row("fcn_r50", "Denoised NL Baseline (R-50) read as an FCN", 76.7, dnl, DNL_BASELINE_OPTIONS),
-        Row("fcn_r101", "Denoised NL Baseline (R-101) read as an FCN", 77.9, dnl, DNL_BASELINE_OPTIONS),
+        Row(e.name, v.row, v.miou, v.input_size or e.input_size, dict(v.options))
+        for e in ZOO.values()
+        for v in e.variants
     ]
+
+
+def paper_figure(name: str) -> str | None:
+    """The zoo's whole-network figures (ANN Table 2) or Table V deltas of ``name``, in words."""
+    entry = ZOO[name]
+    if entry.table5_gflops is not None:
+        return f"+{entry.table5_gflops:.2f}G / +{entry.table5_memory_mb:.0f} MB"
+    if entry.params_m is not None:
+        return f"{entry.params_m} M params (Table 2)"
+    return None
 
 
 def meta_model(name: str, options: dict) -> nn.Module:
@@ -125,7 +114,7 @@ def measure_rows(rows: list[Row]) -> list[dict]:
                 "gflops": flops,
                 "gmacs": flops / 2,
                 "delta_gflops": delta,
-                "paper_figure": (TABLE_V | ANN_PARAMS).get(row.name) if not row.options else None,
+                "paper_figure": None if row.options else paper_figure(row.name),
             }
         )
         print(f"  {row.name} {row.options or ''}: {flops:.1f} GFLOPs", file=sys.stderr, flush=True)
@@ -138,27 +127,30 @@ C, H = 512, 48
 
 def block_rows() -> list[tuple[str, str, Callable[[], tuple[nn.Module, tuple]]]]:
     """(Table V row, what is counted, builder of (block, extra input shapes)) at the block input of Table V."""
-    norm = nn.BatchNorm2d
     probs = ((1, NUM_CLASSES, H, H),)
     return [
-        ("+Denoised NL", "the block of denoised_nl_r101 (Ck 64, Cv 512, GR + LR)", lambda: (DenoisedNL(C), probs)),
-        ("+NL", "the block of nl_r101 (q, k: 64; v: 512; γ; no Wo)", lambda: (BLOCKS["nl"](C, norm), ())),
-        ("+NL", "nlseg's nl block: NonLocal2d, C/2 embeddings, Wo + BN",
-         lambda: (create_block("nl", C, scale="none"), ())),
-        ("+DANet", "the block of danet_r101 (PAM + CAM)", lambda: (BLOCKS["danet"](C, norm), ())),
-        ("+DANet", "nlseg's danet block: DANet's head, 3x3 convs to C/4 around PAM and CAM",
-         lambda: (create_block("danet", C, norm_layer=norm), ())),
-        ("+CCNet", "the block of ccnet_r101 (criss-cross attention, R = 2)", lambda: (BLOCKS["ccnet"](C, norm), ())),
-        ("+CCNet", "criss-cross attention, one pass (R = 1)", lambda: (CrissCrossAttention(C, recurrence=1), ())),
-        ("+CCNet", "nlseg's ccnet block: CCNet's RCCA head, 3x3 convs, C/4 inside, R = 2",
-         lambda: (create_block("ccnet", C, out_channels=C, norm_layer=norm), ())),
-        ("+DRANet*", "the block of dranet_r101 (CPAM + CCAM)", lambda: (BLOCKS["dranet"](C, norm), ())),
-        ("+DRANet*", "nlseg's dranet block: DRANet's head, 3x3 convs to C/4 around CPAM and CCAM",
-         lambda: (create_block("dranet", C, norm_layer=norm), ())),
+        ("+Denoised NL", "`denoised_nl`, the block of denoised_nl_r101 (Ck 64, Cv 512, GR + LR)",
+         lambda: (create_block("denoised_nl", C), probs)),
+        ("+NL", "`nl`, the block of nl_r101 (q, k: 64; v: 512; γ; no Wo)", lambda: (create_block("nl", C), ())),
+        ("+NL", "`nonlocal2d`: Wang et al.'s block, C/2 embeddings, Wo + BN",
+         lambda: (create_block("nonlocal2d", C, scale="none"), ())),
+        ("+DANet", "`danet`, the block of danet_r101 (PAM + CAM)", lambda: (create_block("danet", C), ())),
+        ("+DANet", "`danet_head`: DANet's head, 3x3 convs to C/4 around PAM and CAM",
+         lambda: (create_block("danet_head", C), ())),
+        ("+CCNet", "`ccnet`, the block of ccnet_r101 (criss-cross attention, R = 2)",
+         lambda: (create_block("ccnet", C), ())),
+        ("+CCNet", "`cca`: criss-cross attention, one pass (R = 1)", lambda: (create_block("cca", C), ())),
+        ("+CCNet", "`ccnet_head`: CCNet's RCCA head, 3x3 convs, C/4 inside, R = 2",
+         lambda: (create_block("ccnet_head", C, out_channels=C), ())),
+        ("+DRANet*", "`dranet`, the block of dranet_r101 (CPAM + CCAM)", lambda: (create_block("dranet", C), ())),
+        ("+DRANet*", "`dranet_head`: DRANet's head, 3x3 convs to C/4 around CPAM and CCAM",
+         lambda: (create_block("dranet_head", C), ())),
     ]
 
 
-TABLE_V_ROWS = {"+NL": 7.63, "+CCNet": 1.77, "+DANet": 10.04, "+DRANet*": 0.76, "+Denoised NL": 7.83}
+TABLE_V_MODELS = {"+NL": "nl_r101", "+CCNet": "ccnet_r101", "+DANet": "danet_r101", "+DRANet*": "dranet_r101",
+                  "+Denoised NL": "denoised_nl_r101"}
+"""The model of each Table V row, whose zoo entry holds the paper's delta."""
 
 
 def measure_blocks() -> list[dict]:
@@ -168,7 +160,7 @@ def measure_blocks() -> list[dict]:
             block, extra = make()
         block.eval()
         flops = gflop(block, 1, C, H, H, extra=extra)
-        results.append({"row": row, "block": what, "gflops": flops, "paper": TABLE_V_ROWS[row]})
+        results.append({"row": row, "block": what, "gflops": flops, "paper": ZOO[TABLE_V_MODELS[row]].table5_gflops})
     return results
 
 

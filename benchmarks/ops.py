@@ -1,13 +1,15 @@
-"""Attention ops, the released (materialised) form against nlseg's, side by side in one run.
+"""Attention ops, the released (materialised) form against nlseg's, side by side in one run (``make bench``).
 
     python benchmarks/ops.py [--device cpu|cuda] [--repeats 3] [--json OUT]
 
-The same report as ``nlseg bench ops``; the code lives in :mod:`nlseg.analysis.bench` (``OPS_DOC`` there
-says what is measured).
+The same report as ``nlseg bench ops`` (whose ``--help`` lists every flag); what is measured is described in
+:mod:`nlseg.analysis.tables.ops`.
 """
 from __future__ import annotations
 
-from nlseg.analysis.bench import main_ops
+import sys
+
+from nlseg.cli import main
 
 if __name__ == "__main__":
-    main_ops()
+    sys.exit(main(["bench", "ops", *sys.argv[1:]]))

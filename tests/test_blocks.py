@@ -33,16 +33,17 @@ SIZE = (13, 29)
 
 # Small options per block; fusion blocks get their low-level channels here.
 SMALL_OPTIONS: dict[str, dict] = {
-    "nl": dict(key_channels=8, value_channels=8),
+    "nb": dict(key_channels=8, value_channels=8),
+    "nonlocal2d": dict(key_channels=8, value_channels=8),
     "apnb": dict(key_channels=8, value_channels=8),
     "afnb": dict(low_channels=LOW_CHANNELS, key_channels=8, value_channels=8),
     "fnb": dict(low_channels=LOW_CHANNELS, key_channels=8, value_channels=8),
     "common_fusion": dict(low_channels=LOW_CHANNELS),
     "denoised_nl": dict(key_channels=8),
     "ocnet": dict(key_channels=8, value_channels=8),
-    "ccnet": dict(out_channels=16),
-    "danet": dict(),
+    "ccnet_head": dict(out_channels=16),
     "dranet": dict(compact_channels=2),
+    "dranet_head": dict(compact_channels=2),
     "ppm": dict(out_channels=16),
     "aspp": dict(out_channels=16, dilations=(1, 2, 3)),
 }
@@ -409,4 +410,4 @@ def test_constructor_errors():
     with pytest.raises(ValueError, match="value_channels"):
         DenoisedNL(CHANNELS, value_channels=16)
     with pytest.raises(ValueError, match="compact_channels"):
-        create_block("dranet", CHANNELS)  # 32 / 4 / 16 = 0 compact channels
+        create_block("dranet_head", CHANNELS)  # 32 / 4 / 16 = 0 compact channels

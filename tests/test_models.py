@@ -2,6 +2,7 @@
 derived by hand, Table V's FLOPs, the wiring of the two papers' networks, weights files and errors."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 
@@ -11,11 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from nlseg.analysis.benchmark import count_flops
+from nlseg.analysis.measure import count_flops
 from nlseg.backbones import WeightsMismatchError, resnet50
 from nlseg.blocks import DenoisedNL
-from nlseg.models import create_model, list_models, model_info, model_options, register_model
-from nlseg.models.denoised import DenoisedNLPipeline
+from nlseg.models import ZooEntry, create_model, list_models, model_info, model_options, register_model, zoo_entry
+from nlseg.models.denoised import denoised_nl_pipeline
 
 NUM_CLASSES = 3
 SIZE = (65, 67)
@@ -62,6 +63,36 @@ def test_every_row_of_both_papers_is_registered():
     assert model_info("ann_r101")["miou"] == 79.9 and "Table 6" in model_info("ann_r101")["paper"]
     assert model_info("denoised_nl_r101")["miou"] == 83.5 and model_info("denoised_nl_r101")["input_size"] == (768, 768)
     assert model_info("ann_r50")["miou"] is None  # the paper has no ResNet-50 row for ANN
+
+
+BN = nn.BatchNorm2d
+SHARED = dict(norm_layer=BN, backbone_width=64, output_stride=8)
+FCN_OPTIONS = SHARED | dict(stem="classic", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
+                            aux_layers=("layer3",), align_corners=True, grad_checkpointing=False)
+ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256, value_channels=256, dropout=0.05,
+                            align_corners=True, grad_checkpointing=False)
+PIPELINE_OPTIONS = SHARED | dict(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, head_channels=512,
+                                 dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False)
+DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False)
+
+
+def expected_options(name: str) -> dict:
+    """Every model's options and defaults as they were before the segmentors were composed of parts."""
+    family, depth = name.rsplit("_r", 1)
+    backbone = {"backbone": f"resnet{depth}"}
+    small_grid = {"multi_grid": (1, 2)} if depth == "18" else {}
+    if family == "fcn":
+        return backbone | FCN_OPTIONS
+    if family.startswith("ann"):
+        return backbone | ANN_OPTIONS
+    if family == "denoised_nl":
+        return backbone | DNL_OPTIONS | small_grid
+    return backbone | PIPELINE_OPTIONS | small_grid
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_model_options_and_defaults_are_kept(name: str):
+    assert model_options(name) == expected_options(name)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -190,10 +221,11 @@ def test_denoised_nl_network_wiring_as_design():
         aux2 = model.aux_heads["layer2"](features["layer2"])
         aux3 = model.aux_heads["layer3"](features["layer3"])
         big = features["layer4"]  # X at 1/8: 9 x 9
-        reduced = model.reduction(big)
+        decoder = model.decoder
+        reduced = decoder.reduction(big)
         assert reduced.shape[-2:] == (5, 5)  # stride-2 basic block: 1/16
         # Reduction: conv3x3 + BN + ReLU, then a basic block whose shortcut is conv3x3/2 + BN + ReLU.
-        first, basic = model.reduction
+        first, basic = decoder.reduction
         shortcut = basic.downsample
         assert basic.conv1.stride == shortcut[0].stride == (2, 2) and shortcut[0].kernel_size == (3, 3)
         r = first(big)
@@ -201,13 +233,13 @@ def test_denoised_nl_network_wiring_as_design():
         by_hand = F.relu(residual + F.relu(shortcut[1](shortcut[0](r))))
         torch.testing.assert_close(reduced, by_hand, rtol=0, atol=0)
         probs = up(aux3, reduced.shape[-2:]).softmax(1)
-        block = model.block
+        block = decoder.block
         attended = block(reduced, aux3)
         by_ops = block.gamma * _denoised_reference(block, reduced, probs) + reduced
         torch.testing.assert_close(attended, by_ops, rtol=1e-5, atol=1e-5)
-        context = model.fuse(up(attended, big.shape[-2:]))
-        pooled = F.relu(model.global_context[1](big.mean((2, 3), keepdim=True))).expand_as(context)
-        logits = model.head(torch.cat([big, context, pooled], 1))
+        context = decoder.fuse(up(attended, big.shape[-2:]))
+        pooled = F.relu(decoder.global_context[1](big.mean((2, 3), keepdim=True))).expand_as(context)
+        logits = decoder.head(torch.cat([big, context, pooled], 1))
         result = model(x)
     torch.testing.assert_close(result["out"], up(logits, SIZE), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result["aux"][0], up(aux2, SIZE), rtol=0, atol=0)
@@ -244,21 +276,22 @@ def test_ann_network_wiring_as_design():
     x = torch.randn(1, 3, *SIZE)
     with torch.no_grad():
         features = model.backbone(x)
-        fused = model.fusion(features["layer3"], features["layer4"])
-        logits = model.classifier(model.context(model.reduce(fused)))
+        decoder = model.decoder
+        fused = decoder.fusion(features["layer3"], features["layer4"])
+        logits = decoder.classifier(decoder.context(decoder.reduce(fused)))
         result = model(x)
-    assert type(model.dropout) is nn.Identity  # APNB ends with the branch's only Dropout2d
+    assert type(decoder.dropout) is nn.Identity  # APNB ends with the branch's only Dropout2d
     up = dict(size=SIZE, mode="bilinear", align_corners=True)
     torch.testing.assert_close(result["out"], F.interpolate(logits, **up), rtol=0, atol=0)
     aux = model.aux_heads["layer3"](features["layer3"])
     torch.testing.assert_close(result["aux"][0], F.interpolate(aux, **up), rtol=0, atol=0)
-    assert isinstance(build("ann_afnb_r50").dropout, nn.Dropout2d)  # no context block: dropout before the classifier
+    assert isinstance(build("ann_afnb_r50").decoder.dropout, nn.Dropout2d)  # no context block: dropout before the classifier
 
 
 @pytest.mark.parametrize("rectify, retain", [(True, True), (True, False), (False, True), (False, False)])
 def test_table_ii_switches_and_global_rectifying_reads_the_layer3_head(rectify: bool, retain: bool):
     model = build("denoised_nl_r50", rectify=rectify, retain=retain)
-    assert (model.block.rectify, model.block.retain) == (rectify, retain)
+    assert (model.decoder.block.rectify, model.decoder.block.retain) == (rectify, retain)
     perturb_zero_parameters(model)  # γ != 0, so the block's output reaches `out`
     model.eval()
     x = torch.randn(1, 3, *SIZE)
@@ -283,8 +316,8 @@ def test_detach_class_probs_stops_gr_gradient_into_the_layer3_head(detach: bool)
 
 def test_options_reach_the_parts():
     dnl = build("denoised_nl_r50", global_context=False, grad_checkpointing=True)
-    assert dnl.global_context is None and dnl.backbone.checkpointing
-    assert dnl.head[0][0].in_channels == dnl.backbone.out_channels + SMALL["head_channels"]
+    assert dnl.decoder.global_context is None and dnl.backbone.checkpointing
+    assert dnl.decoder.head[0][0].in_channels == dnl.backbone.out_channels + SMALL["head_channels"]
     dilations = [b.conv2.dilation[0] for b in (*dnl.backbone.layer3, *dnl.backbone.layer4)]
     assert dilations == [2] * 6 + [4, 8, 16]  # released Denoised NL backbone
     assert isinstance(dnl.backbone.conv1, nn.Sequential)  # deep stem
@@ -295,7 +328,7 @@ def test_options_reach_the_parts():
     x = torch.randn(1, 3, *SIZE)
     corners = [build("fcn_r18", align_corners=flag).eval() for flag in (True, False)]
     with torch.no_grad():
-        same_logits = [m.head(m.backbone(x)["layer4"]) for m in corners]
+        same_logits = [m.decoder.head(m.backbone(x)["layer4"]) for m in corners]
         outs = [m(x)["out"] for m in corners]
     torch.testing.assert_close(same_logits[0], same_logits[1], rtol=0, atol=0)
     assert not torch.allclose(outs[0], outs[1])
@@ -335,9 +368,10 @@ def test_errors_name_what_exists():
     with pytest.raises(ValueError, match="unknown backbone 'resnet99'"):
         build("fcn_r50", backbone="resnet99")
     with pytest.raises(ValueError, match="unknown block 'sa'"):
-        DenoisedNLPipeline("sa", num_classes=K)
+        denoised_nl_pipeline("sa", num_classes=K)
     with pytest.raises(ValueError, match="already registered"):
-        register_model("fcn_r50", paper="again")(create_model)
+        register_model(dataclasses.replace(zoo_entry("fcn_r50"), paper="again"))
+    loose = ZooEntry("loose", lambda *, num_classes, pretrained_backbone=None, **kw: None, "none", "", "", (8, 8))
     with pytest.raises(TypeError, match=r"\*\*kwargs"):
-        register_model("loose", paper="none")(lambda *, num_classes, pretrained_backbone=None, **kw: None)
+        register_model(loose)
     assert "loose" not in list_models()

@@ -14,7 +14,8 @@ from torch import nn
 
 import nlseg
 from nlseg.analysis.attention import capture_block_inputs, find_attention_block, grid_index, pixel_attention
-from nlseg.analysis.viz import CURVES_FIGSIZE, DPI, GAP_PX, TITLE_PX, confusion_figsize, main_viz
+from nlseg.analysis.viz import CURVES_FIGSIZE, DPI, GAP_PX, TITLE_PX, confusion_figsize, viz_attention, viz_curves
+from nlseg.errors import ConfigError
 from nlseg.blocks import APNB, DenoisedNL, PositionAttention
 from nlseg.blocks.asymmetric import asymmetric_attention
 from nlseg.cli import main as cli_main
@@ -169,10 +170,13 @@ def test_viz_attention_draws_the_image_and_three_maps(tmp_path):
 def test_viz_attention_refuses_a_pixel_outside_the_image(tmp_path, capsys):
     recipe, checkpoint = write_model(tmp_path, "denoised_nl_r18")
     img = write_image(tmp_path / "a.png", 0)
-    with pytest.raises(SystemExit) as exit_info:
-        main_viz("attention", [str(recipe), "--checkpoint", str(checkpoint), "--image", str(img), "--pixel", "96,0"])
-    assert exit_info.value.code == 2
-    assert "outside the 96 x 128 image" in capsys.readouterr().err
+    argv = ["viz", "attention", str(recipe), "--checkpoint", str(checkpoint), "--image", str(img), "--pixel", "96,0",
+            "--device", "cpu"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "outside the 96 x 128 image" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="outside the 96 x 128 image"):  # the library call, plain values
+        viz_attention(str(recipe), checkpoint, img, (0, 128), device="cpu")
 
 
 def test_viz_predictions_grid(tmp_path):
@@ -232,8 +236,7 @@ def test_eval_json_confusion_matrix_and_its_picture(tmp_path):
 def test_viz_confusion_without_a_matrix_says_how_to_get_one(tmp_path, capsys):
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"mIoU": 50.0}))
-    with pytest.raises(SystemExit):
-        main_viz("confusion", ["--eval-json", str(path), "--out", str(tmp_path / "c.png")])
+    assert cli_main(["viz", "confusion", "--eval-json", str(path), "--out", str(tmp_path / "c.png")]) == 2
     assert "no 'confusion_matrix'" in capsys.readouterr().err
 
 
@@ -248,6 +251,7 @@ def test_viz_curves(tmp_path):
     out = tmp_path / "curves.png"
     assert cli_main(["viz", "curves", str(work), "--out", str(out)]) == 0
     assert png_size(out) == (round(CURVES_FIGSIZE[0] * DPI), round(CURVES_FIGSIZE[1] * DPI))
+    assert viz_curves(work, tmp_path / "again.png") == tmp_path / "again.png"  # the library call, plain paths
     assert cli_main(["viz", "curves", str(tmp_path), "--out", str(out)]) == 2  # no metrics.jsonl: one-line error
 
 
@@ -255,7 +259,5 @@ def test_viz_curves(tmp_path):
 def test_missing_matplotlib_exits_2_with_the_install_hint(tmp_path, monkeypatch, capsys, target):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     argv = [str(tmp_path), "--out", "x.png"] if target == "curves" else ["--eval-json", "x.json", "--out", "x.png"]
-    with pytest.raises(SystemExit) as exit_info:
-        main_viz(target, argv)
-    assert exit_info.value.code == 2
-    assert "pip install 'nlseg[viz]'" in capsys.readouterr().err
+    assert cli_main(["viz", target, *argv]) == 2
+    assert "nlseg viz: error: this picture needs matplotlib: pip install 'nlseg[viz]'" in capsys.readouterr().err

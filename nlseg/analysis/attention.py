@@ -3,8 +3,8 @@
 The maps of Denoised NL Fig. 1 / 11 (A, A' after Global Rectifying, A'' after Local Retention) and the
 corresponding maps of NL, APNB (ANN), CCNet and DANet. A forward pre-hook on the block records its
 inputs (the feature map x and, for Denoised NL, the class map) during one forward pass of the model;
-the block's own query and key convolutions then give q and k, and :mod:`nlseg.ops.rows` computes the
-one row of the map that is drawn, so memory stays O(N·C) whatever the image size.
+the block's own ``attention_rows`` then computes the one row of its map that is drawn, so memory stays
+O(N·C) whatever the image size.
 """
 from __future__ import annotations
 
@@ -13,20 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nlseg.blocks import APNB, CrissCrossAttention, DenoisedNL, NonLocal2d, PositionAttention
-from nlseg.ops import apnb_row, criss_cross_attention, criss_cross_row, denoised_attention_rows, nonlocal_row
+from nlseg.blocks import ROW_BLOCKS
 
 __all__ = ["ATTENTION_BLOCKS", "BlockInputs", "attention_maps", "capture_block_inputs", "find_attention_block",
            "grid_index", "pixel_attention"]
 
-ATTENTION_BLOCKS: tuple[type[nn.Module], ...] = (
-    DenoisedNL,
-    APNB,  # ANN's APNB, and OCNet's block (ObjectContext, an APNB without pooling)
-    NonLocal2d,  # ANN's NB rows
-    PositionAttention,  # the NL rows of the Denoised NL tables, DANet's position branch
-    CrissCrossAttention,  # CCNet, also inside RCCAModule
-)
-"""Blocks whose map of one pixel can be drawn; :func:`find_attention_block` takes the first in a model."""
+ATTENTION_BLOCKS: tuple[type[nn.Module], ...] = ROW_BLOCKS
+"""Blocks whose map of one pixel can be drawn (``nlseg.blocks.ROW_BLOCKS``); :func:`find_attention_block` takes
+the first in a model."""
 
 
 @dataclass(frozen=True)
@@ -98,33 +92,12 @@ def attention_maps(block: nn.Module, inputs: BlockInputs, index: tuple[int, int]
         criss-cross attention one map per recurrence (the second pass reads the first one's output);
         the others their one map (APNB's anchor weights spread onto the pixels each anchor averages).
     """
-    x = inputs.x
-    if isinstance(block, DenoisedNL):
-        probs = None
-        if block.rectify:
-            probs = block.class_probs(inputs.class_map, tuple(x.shape[-2:]))  # (1, K, h, w), as in its forward
-        maps = denoised_attention_rows(block.query(x), block.key(x), probs, index, kernel_size=block.kernel_size)
-        return {"A": maps[0][0], "A' (GR)": maps[1][0], "A'' (LR)": maps[2][0]}
-    if isinstance(block, APNB):
-        key = block.key(x)
-        query = key if block.query is None else block.query(x)
-        if block.pool_sizes is None:
-            return {"attention": nonlocal_row(query, key, index)[0]}
-        if block.pool_mode != "avg":
-            raise ValueError("APNB's map of a pixel is drawn for average pyramid pooling only (pool_mode='avg')")
-        return {"attention (anchors on their bins)": apnb_row(query, key, index, pool_sizes=block.pool_sizes)[0]}
-    if isinstance(block, (NonLocal2d, PositionAttention)):
-        scale = getattr(block, "scale", 1.0)  # NonLocal2d: None (Ck^-1/2) or 1; PAM: no scale
-        return {"attention": nonlocal_row(block.query(x), block.key(x), index, scale=scale)[0]}
-    if isinstance(block, CrissCrossAttention):
-        maps = {}
-        for r in range(block.recurrence):
-            q, k = block.query(x), block.key(x)
-            maps[f"pass {r + 1}"] = criss_cross_row(q, k, index)[0]
-            x = block.gamma * criss_cross_attention(q, k, block.value(x)) + x
-        return maps
-    names = ", ".join(cls.__name__ for cls in ATTENTION_BLOCKS)
-    raise ValueError(f"cannot draw the attention of {type(block).__name__}; supported: {names}")
+    if not isinstance(block, ATTENTION_BLOCKS):
+        names = ", ".join(cls.__name__ for cls in ATTENTION_BLOCKS)
+        raise ValueError(f"cannot draw the attention of {type(block).__name__}; supported: {names}")
+    extra = () if inputs.class_map is None else (inputs.class_map,)
+    rows = block.attention_rows(inputs.x, *extra, index=index)
+    return {title: row[0] for title, row in rows.items()}
 
 
 def pixel_attention(

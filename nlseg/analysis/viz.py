@@ -8,14 +8,14 @@
 * ``curves`` — training loss, learning rate and validation mIoU from a work dir's ``metrics.jsonl``.
 
 Grids of images are composed with PIL, one image pixel per picture pixel; matplotlib (the ``viz``
-extra) gives the colour map and the plots.
+extra) gives the colour map and the plots. Each picture is one function taking paths and plain values
+(``nlseg.cli.viz`` is its command line); each writes one PNG and returns its path.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -28,11 +28,22 @@ from torch import nn
 
 from nlseg.analysis.attention import pixel_attention
 from nlseg.config import Config, load_config
+from nlseg.errors import CheckpointError, ConfigError, NlsegError
 from nlseg.data.base import read_image
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint
 
-__all__ = ["CURVES_FIGSIZE", "DPI", "GAP_PX", "TITLE_PX", "confusion_figsize", "main_viz"]
+__all__ = [
+    "CURVES_FIGSIZE",
+    "DPI",
+    "GAP_PX",
+    "TITLE_PX",
+    "confusion_figsize",
+    "viz_attention",
+    "viz_confusion",
+    "viz_curves",
+    "viz_predictions",
+]
 
 TITLE_PX = 16
 """Height of the title strip above a grid of panels."""
@@ -46,12 +57,15 @@ INSTALL_HINT = "pip install 'nlseg[viz]'"
 
 
 def _matplotlib() -> ModuleType:
-    """matplotlib on its file-only backend, or exit with status 2 saying how to install it."""
+    """matplotlib on its file-only backend.
+
+    Raises:
+        NlsegError: matplotlib is not installed (the message says how to install it).
+    """
     try:
         import matplotlib
     except ImportError:
-        print(f"nlseg viz: error: this picture needs matplotlib: {INSTALL_HINT}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise NlsegError(f"this picture needs matplotlib: {INSTALL_HINT}") from None
     matplotlib.use("Agg")
     return matplotlib
 
@@ -67,26 +81,12 @@ def _save_figure(fig, out: Path) -> Path:
     return out
 
 
-def _pixel(text: str) -> tuple[int, int]:
-    try:
-        y, x = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"pixel {text!r} is not Y,X (row, column), e.g. 120,300") from None
-    return y, x
-
-
-def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe name or YAML file the checkpoint was trained with")
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe field (repeatable)")
-    parser.add_argument("--device", default="cpu")
-
-
-def _load(args: argparse.Namespace) -> tuple[Config, nn.Module, dict]:
-    """The recipe, the checkpoint's model (eval mode, on ``--device``) and the checkpoint dict."""
-    cfg = load_config(args.recipe, args.overrides)
-    model, state = build_model_from_checkpoint(args.checkpoint, cfg, args.device)
+def _load(
+    recipe: str, checkpoint: str | os.PathLike, overrides: Sequence[str], device: torch.device | str
+) -> tuple[Config, nn.Module, dict]:
+    """The recipe, the checkpoint's model (eval mode, on ``device``) and the checkpoint dict."""
+    cfg = load_config(recipe, overrides)
+    model, state = build_model_from_checkpoint(checkpoint, cfg, device)
     return cfg, model, state
 
 
@@ -135,30 +135,58 @@ def _heat(photo: np.ndarray, attention: torch.Tensor, colormap: Callable[[np.nda
     return (blend * 255).round().astype(np.uint8)
 
 
-def viz_attention(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """The image with the pixel crossed, then each attention map of that pixel over the image."""
+def viz_attention(
+    recipe: str,
+    checkpoint: str | os.PathLike,
+    image: str | os.PathLike,
+    pixel: tuple[int, int],
+    *,
+    overrides: Sequence[str] = (),
+    device: torch.device | str = "cpu",
+    out: str | os.PathLike | None = None,
+) -> tuple[Path, tuple[int, int], tuple[int, int]]:
+    """The image with the pixel crossed, then each attention map of that pixel over the image.
+
+    Denoised NL Fig. 1 / 11: A, A' after Global Rectifying, A'' after Local Retention; NL, APNB, CCNet and
+    DANet models: their map. Only that row of the map is computed (:func:`nlseg.analysis.attention.pixel_attention`).
+
+    Args:
+        recipe: recipe name or YAML file the checkpoint was trained with.
+        checkpoint: the nlseg checkpoint.
+        image: the image file.
+        pixel: (y, x), row and column in image coordinates.
+        overrides: ``KEY=VALUE`` recipe overrides.
+        device: where the model runs.
+        out: the PNG file (default ``attention_Y_X.png``).
+
+    Returns:
+        The PNG's path, the pixel's cell in the block's grid and that grid's (rows, columns).
+
+    Raises:
+        ConfigError: the pixel is outside the image.
+        CheckpointError: the model has no attention block to draw.
+    """
     matplotlib = _matplotlib()
-    _, model, _ = _load(args)
-    rgb = read_image(args.image)  # (3, H, W)
+    _, model, _ = _load(recipe, checkpoint, overrides, device)
+    rgb = read_image(image)  # (3, H, W)
     height, width = rgb.shape[-2:]
-    y, x = args.pixel
+    y, x = pixel
     if not (0 <= y < height and 0 <= x < width):
-        parser.error(f"--pixel {y},{x} is outside the {height} x {width} image {args.image} (Y,X: row, column)")
+        raise ConfigError(f"--pixel {y},{x} is outside the {height} x {width} image {image} (Y,X: row, column)")
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    image = ((rgb - mean) / std)[None].to(args.device)
+    batch = ((rgb - mean) / std)[None].to(device)  # (1, 3, H, W)
     try:
-        maps, index, grid = pixel_attention(model, image, (y, x))
+        maps, index, grid = pixel_attention(model, batch, (y, x))
     except ValueError as err:
-        parser.error(f"{args.checkpoint}: {err}")
+        raise CheckpointError(f"{checkpoint}: {err}") from None
     photo = _photo(rgb)
     colormap = matplotlib.colormaps["jet"]
     panels = [_cross(photo, y, x)] + [_cross(_heat(photo, m.cpu(), colormap), y, x) for m in maps.values()]
-    out = Path(args.out or f"attention_{y}_{x}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _grid([panels], [f"pixel ({y}, {x})", *maps]).save(out)
-    print(f"pixel ({y}, {x}) is cell {index} of the block's {grid[0]} x {grid[1]} grid")
-    return out
+    path = Path(out or f"attention_{y}_{x}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _grid([panels], [f"pixel ({y}, {x})", *maps]).save(path)
+    return path, index, grid
 
 
 def _image_files(sources: Sequence[str]) -> list[Path]:
@@ -176,18 +204,35 @@ def _image_files(sources: Sequence[str]) -> list[Path]:
     return files
 
 
-def viz_predictions(args: argparse.Namespace) -> Path:
-    """One row per image: the input, the predicted classes in the data set's colours, their overlay."""
-    cfg, model, state = _load(args)
-    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=args.device)
+def viz_predictions(
+    recipe: str,
+    checkpoint: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    overrides: Sequence[str] = (),
+    device: torch.device | str = "cpu",
+) -> Path:
+    """One row per image: the input, the predicted classes in the data set's colours, their overlay.
+
+    Args:
+        recipe: recipe name or YAML file the checkpoint was trained with.
+        checkpoint: the nlseg checkpoint.
+        images: image files and/or folders of images.
+        out: the PNG file.
+        overrides: ``KEY=VALUE`` recipe overrides.
+        device: where the model runs.
+    """
+    cfg, model, state = _load(recipe, checkpoint, overrides, device)
+    segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=device)
     rows = []
-    for path in _image_files(args.images):
+    for path in _image_files([str(i) for i in images]):
         rgb = read_image(path)  # (3, H, W)
         photo = _photo(rgb)
         colour = segmenter.colorize(segmenter.predict(rgb))  # (H, W, 3)
         overlay = ((photo.astype(np.uint16) + colour) // 2).astype(np.uint8)
         rows.append([photo, colour, overlay])
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     _grid(rows, ["input", "prediction", "overlay"]).save(out)
     return out
@@ -199,17 +244,24 @@ def confusion_figsize(num_classes: int) -> tuple[float, float]:
     return side, side
 
 
-def viz_confusion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """Rows: ground-truth class; columns: predicted class; each row divided by its pixel count (recall)."""
+def viz_confusion(eval_json: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """The row-normalised confusion matrix of an ``nlseg eval --out`` JSON.
+
+    Rows: ground-truth class; columns: predicted class; each row divided by its pixel count (recall).
+
+    Raises:
+        FileNotFoundError: ``eval_json`` does not exist.
+        NlsegError: it has no confusion matrix (the message says how to write one).
+    """
     _matplotlib()
     import matplotlib.pyplot as plt
 
-    path = Path(args.eval_json)
+    path = Path(eval_json)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation JSON {path} does not exist")
     record = json.loads(path.read_text())
     if "confusion_matrix" not in record:
-        parser.error(
+        raise NlsegError(
             f"{path} has no 'confusion_matrix'; write it with `nlseg eval RECIPE --checkpoint CKPT --out {path}`"
         )
     counts = np.asarray(record["confusion_matrix"], dtype=np.float64)  # (K, K) rows ground truth, columns prediction
@@ -233,7 +285,7 @@ def viz_confusion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     ax.set_title(f"{record.get('recipe', '')} {record.get('split', '')}".strip()
                  + (f"  mIoU {miou:.2f}" if isinstance(miou, (int, float)) else ""))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the row's pixels")
-    return _save_figure(fig, Path(args.out))
+    return _save_figure(fig, Path(out))
 
 
 def _read_metrics(work_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
@@ -250,7 +302,7 @@ def _read_metrics(work_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
             record = json.loads(line)
             kind, iteration = record["kind"], int(record["iter"])
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
+            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
         if kind == "train":
             train[iteration] = record
         elif kind == "val":
@@ -258,15 +310,18 @@ def _read_metrics(work_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
     return dict(sorted(train.items())), dict(sorted(val.items()))
 
 
-def viz_curves(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
-    """Three panels: training loss (total and its parts), learning rate, validation mIoU."""
+def viz_curves(work_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Three panels from a work dir's ``metrics.jsonl``: training loss (total and its parts), learning rate,
+    validation mIoU.
+
+    Raises:
+        FileNotFoundError: the work dir has no ``metrics.jsonl``.
+        NlsegError: a line of it is not a metrics record.
+    """
     _matplotlib()
     import matplotlib.pyplot as plt
 
-    try:
-        train, val = _read_metrics(Path(args.work_dir))
-    except ValueError as err:
-        parser.error(str(err))
+    train, val = _read_metrics(Path(work_dir))
     fig, (loss_ax, lr_ax, miou_ax) = plt.subplots(1, 3, figsize=CURVES_FIGSIZE)
     iters = list(train)
     parts = sorted({key for r in train.values() for key in r if key.startswith("loss_") and key != "loss_total"})
@@ -282,51 +337,4 @@ def viz_curves(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
     else:
         miou_ax.text(0.5, 0.5, "no validation records", ha="center", va="center", transform=miou_ax.transAxes)
     miou_ax.set(title="validation mIoU (%)", xlabel="iteration")
-    return _save_figure(fig, Path(args.out))
-
-
-def _parser(target: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"nlseg viz {target}")
-    if target == "attention":
-        parser.description = ("One pixel's attention map in the model's context block, over the image (Denoised "
-                              "NL: A, A' after GR, A'' after LR, as Fig. 11; NL / APNB / CCNet / DANet: their map).")
-        _add_model(parser)
-        parser.add_argument("--image", required=True)
-        parser.add_argument("--pixel", type=_pixel, required=True, help="Y,X in image coordinates (row, column)")
-        parser.add_argument("--out", help="PNG file (default attention_Y_X.png)")
-    elif target == "predictions":
-        parser.description = "Input / prediction / overlay, one row per image."
-        _add_model(parser)
-        parser.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
-        parser.add_argument("--out", required=True, help="PNG file")
-    elif target == "confusion":
-        parser.description = "The row-normalised confusion matrix of an `nlseg eval --out` JSON."
-        parser.add_argument("--eval-json", required=True)
-        parser.add_argument("--out", required=True, help="PNG file")
-    elif target == "curves":
-        parser.description = "Training loss, learning rate and validation mIoU of a work dir's metrics.jsonl."
-        parser.add_argument("work_dir")
-        parser.add_argument("--out", required=True, help="PNG file")
-    else:
-        raise ValueError(f"unknown viz target {target!r}; expected one of attention, predictions, confusion, curves")
-    return parser
-
-
-def main_viz(target: str, argv: Sequence[str]) -> None:
-    """``nlseg viz TARGET ...``: write one PNG and print its path.
-
-    Args:
-        target: ``attention``, ``predictions``, ``confusion`` or ``curves``.
-        argv: the target's arguments (``--help`` lists them).
-    """
-    parser = _parser(target)
-    args = parser.parse_args(argv)
-    if target == "attention":
-        out = viz_attention(args, parser)
-    elif target == "predictions":
-        out = viz_predictions(args)
-    elif target == "confusion":
-        out = viz_confusion(args, parser)
-    else:
-        out = viz_curves(args, parser)
-    print(f"wrote {out}")
+    return _save_figure(fig, Path(out))

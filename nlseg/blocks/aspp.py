@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels
 
-__all__ = ["ASPP"]
+__all__ = ["ASPP", "aspp_at_stride_16"]
 
 
 class ASPP(nn.Module):
@@ -60,3 +60,20 @@ class ASPP(nn.Module):
         # Bilinear upsampling of the 1 x 1 pooled branch is a broadcast.
         image = self.image_pool(F.adaptive_avg_pool2d(x, 1)).expand(-1, -1, *x.shape[-2:])  # (B, out, H, W)
         return self.project(torch.cat([branch(x) for branch in self.branches] + [image], dim=1))
+
+
+def aspp_at_stride_16(
+    in_channels: int,
+    out_channels: int | None = None,
+    dilations: Sequence[int] = (6, 12, 18),
+    *,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    dropout: float = 0.1,
+) -> ASPP:
+    """ASPP with DeepLabV3's rates for a map at 1/16, C channels out by default: the Denoised NL paper's
+    "+ASPP" (Table III), on the pipeline's reduced map.
+
+    Args: as :class:`ASPP`; ``out_channels`` defaults to ``in_channels``.
+    """
+    out_channels = in_channels if out_channels is None else out_channels
+    return ASPP(in_channels, out_channels, dilations, norm_layer=norm_layer, dropout=dropout)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
-from nlseg.ops import POOL_MODES, nonlocal_attention, pyramid_sample
+from nlseg.ops import POOL_MODES, apnb_row, nonlocal_attention, nonlocal_attention_reference, nonlocal_row, pyramid_sample
 
 __all__ = ["AFNB", "APNB", "FNB", "CommonFusion"]
 
@@ -33,7 +33,13 @@ def _check_pooling(block: str, pool_sizes: Sequence[int] | None, pool_mode: str)
 
 
 def asymmetric_attention(
-    query: Tensor, key: Tensor, value: Tensor, pool_sizes: tuple[int, ...] | None, pool_mode: str
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pool_sizes: tuple[int, ...] | None,
+    pool_mode: str,
+    *,
+    fused: bool = True,
 ) -> Tensor:
     """``softmax(Ck^-1/2 · q P(k)ᵀ) P(v)`` on maps (ANN Eq. 9-10 and 15-16).
 
@@ -43,6 +49,7 @@ def asymmetric_attention(
         value: (B, Cv, H', W').
         pool_sizes: pyramid levels of P; None keeps all H'·W' positions (plain / fusion non-local).
         pool_mode: "avg" or "max".
+        fused: nlseg's fused kernel (True) or the materialised N x S map (the reference path).
 
     Returns:
         (B, Cv, H, W).
@@ -52,12 +59,18 @@ def asymmetric_attention(
     else:
         key = pyramid_sample(key, pool_sizes, pool_mode)  # (B, Ck, S)
         value = pyramid_sample(value, pool_sizes, pool_mode)  # (B, Cv, S)
-    out = nonlocal_attention(to_tokens(query), key.transpose(1, 2), value.transpose(1, 2))  # (B, N, Cv)
+    attention = nonlocal_attention if fused else nonlocal_attention_reference
+    out = attention(to_tokens(query), key.transpose(1, 2), value.transpose(1, 2))  # (B, N, Cv)
     return to_map(out, *query.shape[-2:])
 
 
 class APNB(nn.Module):
     """Asymmetric Pyramid Non-local Block (ANN §3.2, Eq. 8-12; Fig. 3).
+
+    :meth:`attend` is the attention branch alone, ``Wo(O)``: the unit ANN Table 1 counts and times.
+
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
 
     Args:
         in_channels: channels C of x.
@@ -94,6 +107,7 @@ class APNB(nn.Module):
         self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
         self.pool_mode = pool_mode
         self.out_channels = out_channels
+        self.fused = True
         self.key = ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
         self.query = None if share_key_query else ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
         self.value = nn.Conv2d(in_channels, value_channels, 1)
@@ -104,16 +118,42 @@ class APNB(nn.Module):
             ConvNormAct(2 * in_channels, out_channels, 1, norm_layer=norm_layer), nn.Dropout2d(dropout)
         )
 
+    def query_key(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q and k (B, Ck, H, W) of x; one map when key and query are shared (released)."""
+        key = self.key(x)
+        return (key if self.query is None else self.query(x)), key
+
+    def attend(self, x: Tensor) -> Tensor:
+        """The attention branch alone: (B, C, H, W) -> ``Wo(softmax(Ck^-1/2 q P(k)ᵀ) P(v))`` (B, C, H, W)."""
+        query, key = self.query_key(x)
+        context = asymmetric_attention(
+            query, key, self.value(x), self.pool_sizes, self.pool_mode, fused=self.fused
+        )  # (B, Cv, H, W)
+        return self.out_proj(context)
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_channels, H, W)."""
-        key = self.key(x)  # (B, Ck, H, W)
-        query = key if self.query is None else self.query(x)
-        context = asymmetric_attention(query, key, self.value(x), self.pool_sizes, self.pool_mode)  # (B, Cv, H, W)
-        return self.fuse(torch.cat([self.out_proj(context), x], dim=1))
+        return self.fuse(torch.cat([self.attend(x), x], dim=1))
+
+    def attention_rows(self, x: Tensor, *, index: tuple[int, int]) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s attention over x's grid (:func:`nlseg.ops.apnb_row`): {title: (B, H, W)}.
+
+        With pyramid pooling, each anchor's weight is spread evenly over the pixels its bin averages
+        (average pooling only); without it, the plain non-local row.
+        """
+        query, key = self.query_key(x)
+        if self.pool_sizes is None:
+            return {"attention": nonlocal_row(query, key, index)}
+        if self.pool_mode != "avg":
+            raise ValueError("APNB's map of a pixel is drawn for average pyramid pooling only (pool_mode='avg')")
+        return {"attention (anchors on their bins)": apnb_row(query, key, index, pool_sizes=self.pool_sizes)}
 
 
 class AFNB(nn.Module):
     """Asymmetric Fusion Non-local Block (ANN §3.3, Eq. 14-17): stage-5 queries attend to stage-4 anchors.
+
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
 
     ``forward(low, high)``: low = stage 4 (layer3), high = stage 5 (layer4). The output has high's
     spatial size; low may have another size.
@@ -154,6 +194,7 @@ class AFNB(nn.Module):
         self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
         self.pool_mode = pool_mode
         self.out_channels = out_channels
+        self.fused = True
         self.query = ConvNormAct(high_channels, key_channels, 1, norm_layer=norm_layer)
         self.key = ConvNormAct(low_channels, key_channels, 1, norm_layer=norm_layer)
         self.value = nn.Conv2d(low_channels, value_channels, 1)
@@ -172,7 +213,7 @@ class AFNB(nn.Module):
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         """low (B, C_l, H_l, W_l), high (B, C_h, H, W) -> (B, out_channels, H, W)."""
         context = asymmetric_attention(
-            self.query(high), self.key(low), self.value(low), self.pool_sizes, self.pool_mode
+            self.query(high), self.key(low), self.value(low), self.pool_sizes, self.pool_mode, fused=self.fused
         )  # (B, Cv, H, W)
         return self.fuse(torch.cat([self.out_proj(context), high], dim=1))
 

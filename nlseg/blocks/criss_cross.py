@@ -5,9 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels
-from nlseg.ops import criss_cross_attention
+from nlseg.ops import criss_cross_attention, criss_cross_attention_reference, criss_cross_row
 
-__all__ = ["CrissCrossAttention", "RCCAModule"]
+__all__ = ["CrissCrossAttention", "RCCAModule", "criss_cross_once"]
 
 
 class CrissCrossAttention(nn.Module):
@@ -15,6 +15,9 @@ class CrissCrossAttention(nn.Module):
 
     q and k are 1x1 convs to C/``reduction``, v a 1x1 conv to C (CCNet §3.2); γ starts at 0, so the
     block starts as the identity. Two loops (CCNet's R = 2) give every position full-image context.
+
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
 
     Args:
         in_channels: channels C of x (and of the output).
@@ -31,16 +34,32 @@ class CrissCrossAttention(nn.Module):
         check_channels("CrissCrossAttention", key_channels=in_channels // reduction)
         self.recurrence = recurrence
         self.out_channels = in_channels
+        self.fused = True
         self.query = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.key = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.value = nn.Conv2d(in_channels, in_channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
+    def step(self, x: Tensor) -> Tensor:
+        """One criss-cross pass: (B, C, H, W) -> γ · CCA(q, k, v) + x."""
+        attention = criss_cross_attention if self.fused else criss_cross_attention_reference
+        return self.gamma * attention(self.query(x), self.key(x), self.value(x)) + x
+
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
         for _ in range(self.recurrence):
-            x = self.gamma * criss_cross_attention(self.query(x), self.key(x), self.value(x)) + x
+            x = self.step(x)
         return x
+
+    def attention_rows(self, x: Tensor, *, index: tuple[int, int]) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s weights in each pass (:func:`nlseg.ops.criss_cross_row`), the second pass
+        reading the first one's output: {"pass r": (B, H, W)}."""
+        rows = {}
+        for r in range(self.recurrence):
+            rows[f"pass {r + 1}"] = criss_cross_row(self.query(x), self.key(x), index)
+            if r + 1 < self.recurrence:
+                x = self.step(x)
+        return rows
 
 
 class RCCAModule(nn.Module):
@@ -89,3 +108,11 @@ class RCCAModule(nn.Module):
         """(B, C, H, W) -> (B, out_channels, H, W)."""
         context = self.expand(self.attention(self.reduce(x)))
         return self.bottleneck(torch.cat([x, context], dim=1))
+
+
+def criss_cross_once(in_channels: int, *, reduction: int = 8) -> CrissCrossAttention:
+    """One criss-cross pass (CCNet's CCA module, §3.2; R = 1): each position sees its row and column only.
+
+    Args: as :class:`CrissCrossAttention`, with ``recurrence=1``.
+    """
+    return CrissCrossAttention(in_channels, recurrence=1, reduction=reduction)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import check_channels
-from nlseg.ops import denoised_attention
+from nlseg.ops import denoised_attention, denoised_attention_reference, denoised_attention_rows
 
 __all__ = ["DenoisedNL"]
 
@@ -21,6 +21,10 @@ class DenoisedNL(nn.Module):
     auxiliary head; when H' x W' differs from x's, the class map is resized bilinearly with
     align_corners=True (released model). With ``class_input="logits"`` the softmax over classes is
     taken after the resize, as DESIGN.md records for the released model.
+
+    ``fused`` (attribute, default True) picks nlseg's exact op that never holds the N x N map; False runs
+    :func:`nlseg.ops.denoised_attention_reference`, the released formulation (A, A', A'' materialised, A''
+    through a (B, N, k², N) unfold). See :func:`nlseg.blocks.set_fused`.
 
     Args:
         in_channels: channels C of x.
@@ -62,6 +66,7 @@ class DenoisedNL(nn.Module):
         self.retain = retain
         self.class_input = class_input
         self.out_channels = in_channels
+        self.fused = True
         self.query = nn.Conv2d(in_channels, key_channels, 1)
         self.key = nn.Conv2d(in_channels, key_channels, 1)
         self.value = nn.Conv2d(in_channels, value_channels, 1)
@@ -73,14 +78,19 @@ class DenoisedNL(nn.Module):
             class_map = F.interpolate(class_map, size=size, mode="bilinear", align_corners=True)
         return class_map.softmax(dim=1) if self.class_input == "logits" else class_map
 
+    def _probs(self, x: Tensor, class_map: Tensor | None) -> Tensor | None:
+        """GR's class probabilities at x's size, or None when rectify is off."""
+        if not self.rectify:
+            return None
+        if class_map is None:
+            raise ValueError("DenoisedNL(rectify=True) needs a class map: forward(x, class_map)")
+        return self.class_probs(class_map, tuple(x.shape[-2:]))
+
     def forward(self, x: Tensor, class_map: Tensor | None = None) -> Tensor:
         """x (B, C, H, W), class_map (B, K, H', W') or None when rectify is off -> (B, C, H, W)."""
-        probs = None
-        if self.rectify:
-            if class_map is None:
-                raise ValueError("DenoisedNL(rectify=True) needs a class map: forward(x, class_map)")
-            probs = self.class_probs(class_map, tuple(x.shape[-2:]))
-        out = denoised_attention(
+        probs = self._probs(x, class_map)
+        attention = denoised_attention if self.fused else denoised_attention_reference
+        out = attention(
             self.query(x),
             self.key(x),
             self.value(x),
@@ -90,3 +100,13 @@ class DenoisedNL(nn.Module):
             retain=self.retain,
         )
         return self.gamma * out + x
+
+    def attention_rows(
+        self, x: Tensor, class_map: Tensor | None = None, *, index: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s rows of A, A' (after GR) and A'' (after LR) over x's grid (Fig. 11 maps
+        #1-#3; :func:`nlseg.ops.denoised_attention_rows`), each (B, H, W). A' = A when rectify is off."""
+        maps = denoised_attention_rows(
+            self.query(x), self.key(x), self._probs(x, class_map), index, kernel_size=self.kernel_size
+        )
+        return dict(zip(("A", "A' (GR)", "A'' (LR)"), maps, strict=True))

@@ -12,8 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
-from nlseg.ops import channel_attention, nonlocal_attention, pyramid_sample
+from nlseg.blocks.layers import ConvNormAct, ParallelSum, check_channels, to_map, to_tokens
+from nlseg.ops import (
+    channel_attention,
+    channel_attention_reference,
+    nonlocal_attention,
+    nonlocal_attention_reference,
+    nonlocal_row,
+    pyramid_sample,
+)
 
 __all__ = [
     "ChannelAttention",
@@ -22,11 +29,16 @@ __all__ = [
     "CompactPositionAttention",
     "DualAttention",
     "PositionAttention",
+    "compact_position_channel_attention",
+    "position_channel_attention",
 ]
 
 
 class PositionAttention(nn.Module):
     """DANet's position attention module (PAM, §3.2): ``γ · softmax(q kᵀ) v + x``, no scale, γ = 0 at init.
+
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
 
     Args:
         in_channels: channels C of x and of the output.
@@ -39,6 +51,7 @@ class PositionAttention(nn.Module):
         super().__init__()
         check_channels("PositionAttention", key_channels=in_channels // reduction)
         self.out_channels = in_channels
+        self.fused = True
         self.query = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.key = nn.Conv2d(in_channels, in_channels // reduction, 1)
         self.value = nn.Conv2d(in_channels, in_channels, 1)
@@ -46,14 +59,19 @@ class PositionAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        out = nonlocal_attention(
-            to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x)), scale=1.0
-        )  # (B, N, C)
+        attention = nonlocal_attention if self.fused else nonlocal_attention_reference
+        out = attention(to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x)), scale=1.0)  # (B, N, C)
         return self.gamma * to_map(out, *x.shape[-2:]) + x
+
+    def attention_rows(self, x: Tensor, *, index: tuple[int, int]) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s row of the map over x's grid (:func:`nlseg.ops.nonlocal_row`): {title: (B, H, W)}."""
+        return {"attention": nonlocal_row(self.query(x), self.key(x), index, scale=1.0)}
 
 
 class ChannelAttention(nn.Module):
     """DANet's channel attention module (CAM, §3.3): ``γ · channel_attention(x) + x``, γ = 0 at init.
+
+    ``fused`` (attribute, default True): False runs :func:`nlseg.ops.channel_attention_reference`.
 
     Args:
         in_channels: channels C of x and of the output (CAM has no weights besides γ).
@@ -64,11 +82,13 @@ class ChannelAttention(nn.Module):
     def __init__(self, in_channels: int) -> None:
         super().__init__()
         self.out_channels = in_channels
+        self.fused = True
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return self.gamma * channel_attention(x) + x
+        attention = channel_attention if self.fused else channel_attention_reference
+        return self.gamma * attention(x) + x
 
 
 class DualAttention(nn.Module):
@@ -115,6 +135,9 @@ class CompactPositionAttention(nn.Module):
     each level through its own 1x1 conv (C -> C) + BN + ReLU; q is a 1x1 conv of x to C/4, k and v are
     linear maps of the centres to C/4 and C.
 
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
+
     Args:
         in_channels: channels C of x and of the output.
         pool_sizes: pyramid levels of the centres.
@@ -136,6 +159,7 @@ class CompactPositionAttention(nn.Module):
         check_channels("CompactPositionAttention", key_channels=in_channels // reduction)
         self.pool_sizes = tuple(pool_sizes)
         self.out_channels = in_channels
+        self.fused = True
         self.encoders = nn.ModuleList(
             ConvNormAct(in_channels, in_channels, 1, norm_layer=norm_layer) for _ in self.pool_sizes
         )
@@ -151,15 +175,16 @@ class CompactPositionAttention(nn.Module):
             [encode(level.unsqueeze(-1)) for encode, level in zip(self.encoders, levels, strict=True)], dim=2
         )  # (B, C, S, 1): a 1 x n² "map" per level, so the norm sees each level's own statistics
         centres = centres.squeeze(-1).transpose(1, 2)  # (B, S, C)
-        out = nonlocal_attention(
-            to_tokens(self.query(x)), self.key(centres), self.value(centres), scale=1.0
-        )  # (B, N, C)
+        attention = nonlocal_attention if self.fused else nonlocal_attention_reference
+        out = attention(to_tokens(self.query(x)), self.key(centres), self.value(centres), scale=1.0)  # (B, N, C)
         return self.gamma * to_map(out, *x.shape[-2:]) + x
 
 
 class CompactChannelAttention(nn.Module):
     """DRANet's compact channel attention (CCAM): ``γ · channel_attention(x, Y) + x``, γ = 0 at init, where
     the compact channels Y = ReLU(BN(conv1x1(x))) has ``compact_channels`` (released: C/16).
+
+    ``fused`` (attribute, default True): False runs :func:`nlseg.ops.channel_attention_reference`.
 
     Args:
         in_channels: channels C of x and of the output.
@@ -175,12 +200,14 @@ class CompactChannelAttention(nn.Module):
         super().__init__()
         check_channels("CompactChannelAttention", compact_channels=compact_channels)
         self.out_channels = in_channels
+        self.fused = True
         self.encoder = ConvNormAct(in_channels, compact_channels, 1, norm_layer=norm_layer)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
-        return self.gamma * channel_attention(x, self.encoder(x)) + x
+        attention = channel_attention if self.fused else channel_attention_reference
+        return self.gamma * attention(x, self.encoder(x)) + x
 
 
 class CompactDualAttention(nn.Module):
@@ -234,3 +261,41 @@ class CompactDualAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, out_channels, H, W)."""
         return self.fuse(torch.cat([self.position(x), self.channel(x)], dim=1))
+
+
+def position_channel_attention(in_channels: int, *, reduction: int = 8) -> ParallelSum:
+    """DANet's attention modules on the map itself: PAM(x) + CAM(x), C channels in and out.
+
+    The Denoised NL paper's "+DANet" (Table IV; its Table V delta of 10.04 GFLOPs is exactly these two
+    modules on 512 x 48 x 48). DANet's own head, with its 3x3 convolutions, is :class:`DualAttention`.
+
+    Args:
+        in_channels: channels C of x and of the output.
+        reduction: PAM's q and k have C/``reduction`` channels.
+    """
+    return ParallelSum(PositionAttention(in_channels, reduction=reduction), ChannelAttention(in_channels))
+
+
+def compact_position_channel_attention(
+    in_channels: int,
+    *,
+    compact_channels: int | None = None,
+    pool_sizes: Sequence[int] = (1, 2, 3, 6),
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+) -> ParallelSum:
+    """DRANet's attention modules on the map itself: CPAM(x) + CCAM(x), C channels in and out.
+
+    The Denoised NL paper's "+DRANet*" (Table IV: "we only use CPAM and CCAM module"). DRANet's head,
+    with its 3x3 convolutions, is :class:`CompactDualAttention`.
+
+    Args:
+        in_channels: channels C of x and of the output.
+        compact_channels: channels of CCAM's compact map, default C/16 (released).
+        pool_sizes: CPAM's pyramid levels.
+        norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
+    """
+    compact_channels = in_channels // 16 if compact_channels is None else compact_channels
+    return ParallelSum(
+        CompactPositionAttention(in_channels, pool_sizes, norm_layer=norm_layer),
+        CompactChannelAttention(in_channels, compact_channels, norm_layer=norm_layer),
+    )

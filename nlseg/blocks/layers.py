@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["ConvNormAct", "check_channels", "to_map", "to_tokens"]
+__all__ = ["ConvNormAct", "ParallelSum", "check_channels", "to_map", "to_tokens"]
 
 
 class ConvNormAct(nn.Sequential):
@@ -36,6 +36,27 @@ class ConvNormAct(nn.Sequential):
         if activation:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
+
+
+class ParallelSum(nn.Module):
+    """Two blocks on one input, outputs summed, as DANet sums its position and channel branches.
+
+    Args:
+        first: a block keeping the channel count.
+        second: another one.
+    """
+
+    num_inputs = 1
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        self.out_channels = first.out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return self.first(x) + self.second(x)
 
 
 def check_channels(block: str, **channels: int) -> None:

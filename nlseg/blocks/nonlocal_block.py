@@ -5,9 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels, to_map, to_tokens
-from nlseg.ops import nonlocal_attention
+from nlseg.ops import nonlocal_attention, nonlocal_attention_reference, nonlocal_row
 
-__all__ = ["NonLocal2d"]
+__all__ = ["NonLocal2d", "nonlocal_concat"]
 
 SCALES = {"sqrt": None, "none": 1.0}  # None: Ck^-1/2 inside the op
 FUSIONS = ("add", "concat")
@@ -24,6 +24,11 @@ class NonLocal2d(nn.Module):
     * ``fusion="concat"`` (ANN's "NB" structure): ``Dropout2d(ReLU(BN(conv1x1(cat(Wo(O), x)))))`` with
       ``Wo`` (weight and bias) initialised to zero, as ANN's released blocks do. ANN's released code
       shares one conv + BN + ReLU for key and query; that exact variant is ``APNB(pool_sizes=None)``.
+
+    :meth:`attend` is the attention branch alone, ``Wo(O)``.
+
+    ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
+    materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
 
     Args:
         in_channels: channels C of x.
@@ -67,6 +72,7 @@ class NonLocal2d(nn.Module):
         self.fusion = fusion
         self.scale = SCALES[scale]
         self.out_channels = out_channels
+        self.fused = True
         self.query = nn.Conv2d(in_channels, key_channels, 1)
         self.key = nn.Conv2d(in_channels, key_channels, 1)
         self.value = nn.Conv2d(in_channels, value_channels, 1)
@@ -81,13 +87,48 @@ class NonLocal2d(nn.Module):
                 ConvNormAct(2 * in_channels, out_channels, 1, norm_layer=norm_layer), nn.Dropout2d(dropout)
             )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, out_channels, H, W)."""
-        height, width = x.shape[-2:]
-        context = nonlocal_attention(
+    def attend(self, x: Tensor) -> Tensor:
+        """The attention branch alone: (B, C, H, W) -> ``Wo(softmax(s · θ(x) φ(x)ᵀ) g(x))`` (B, C, H, W)."""
+        attention = nonlocal_attention if self.fused else nonlocal_attention_reference
+        context = attention(
             to_tokens(self.query(x)), to_tokens(self.key(x)), to_tokens(self.value(x)), scale=self.scale
         )  # (B, N, Cv)
-        context = self.out_proj(to_map(context, height, width))  # (B, C, H, W)
+        return self.out_proj(to_map(context, *x.shape[-2:]))  # (B, C, H, W)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, out_channels, H, W)."""
+        context = self.attend(x)
         if self.fusion == "add":
             return x + context
         return self.fuse(torch.cat([context, x], dim=1))
+
+    def attention_rows(self, x: Tensor, *, index: tuple[int, int]) -> dict[str, Tensor]:
+        """Query ``index`` = (y, x)'s row of the map over x's grid (:func:`nlseg.ops.nonlocal_row`): {title: (B, H, W)}."""
+        return {"attention": nonlocal_row(self.query(x), self.key(x), index, scale=self.scale)}
+
+
+def nonlocal_concat(
+    in_channels: int,
+    key_channels: int | None = None,
+    value_channels: int | None = None,
+    *,
+    scale: str = "sqrt",
+    out_channels: int | None = None,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    dropout: float = 0.05,
+) -> NonLocal2d:
+    """ANN's "NB" (Table 6, Eq. 5): the non-local block in its concatenation form,
+    ``Dropout2d(ReLU(BN(conv1x1(cat(Wo(O), x)))))`` with θ, φ, g separate 1x1 convs and Ck^-1/2 scale.
+
+    Args: as :class:`NonLocal2d` (``fusion="concat"``).
+    """
+    return NonLocal2d(
+        in_channels,
+        key_channels,
+        value_channels,
+        scale=scale,
+        fusion="concat",
+        out_channels=out_channels,
+        norm_layer=norm_layer,
+        dropout=dropout,
+    )

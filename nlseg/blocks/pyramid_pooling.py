@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels
 
-__all__ = ["PPM"]
+__all__ = ["PPM", "ppm_keep_width"]
 
 
 class PPM(nn.Module):
@@ -59,3 +59,19 @@ class PPM(nn.Module):
             for n, branch in zip(self.pool_sizes, self.branches, strict=True)
         ]
         return self.bottleneck(torch.cat([x, *levels], dim=1))
+
+
+def ppm_keep_width(
+    in_channels: int,
+    out_channels: int | None = None,
+    pool_sizes: Sequence[int] = (1, 2, 3, 6),
+    *,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+) -> PPM:
+    """PSPNet's pyramid pooling with C channels out by default: the Denoised NL paper's "+PPM" (Table III),
+    on the pipeline's reduced map.
+
+    Args: as :class:`PPM`; ``out_channels`` defaults to ``in_channels``.
+    """
+    out_channels = in_channels if out_channels is None else out_channels
+    return PPM(in_channels, out_channels, pool_sizes, norm_layer=norm_layer)

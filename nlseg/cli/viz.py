@@ -1,16 +1,88 @@
-"""``nlseg viz {attention,predictions,confusion,curves} ...``: pictures."""
+"""``nlseg viz {attention,predictions,confusion,curves} ...``: one PNG each, its path printed.
+
+Each subcommand turns its arguments into one call of :mod:`nlseg.analysis.viz`.
+"""
 from __future__ import annotations
 
 import argparse
 
+from nlseg.cli.common import add_device, add_overrides
+
+TARGETS = ("attention", "predictions", "confusion", "curves")
+
+
+def _pixel(text: str) -> tuple[int, int]:
+    """``"120,300"`` -> (120, 300): Y,X (row, column)."""
+    try:
+        y, x = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pixel {text!r} is not Y,X (row, column), e.g. 120,300") from None
+    return y, x
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    """The recipe, the checkpoint, ``--set`` and ``--device`` of the pictures that run a trained model."""
+    parser.add_argument("recipe", help="recipe name or YAML file the checkpoint was trained with")
+    parser.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
+    add_overrides(parser)
+    add_device(parser)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("viz", help="pictures: attention maps, predictions, confusion matrix, curves")
-    p.add_argument("target", choices=["attention", "predictions", "confusion", "curves"], help="which picture")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of that picture (--help for them)")
+    targets = p.add_subparsers(dest="target", required=True, metavar="PICTURE")
+
+    t = targets.add_parser(
+        "attention", help="one pixel's attention map in the model's context block, over the image",
+        description="One pixel's attention map in the model's context block, over the image (Denoised NL: A, A' "
+        "after GR, A'' after LR, as Fig. 11; NL / APNB / CCNet / DANet: their map).",
+    )
+    _add_model(t)
+    t.add_argument("--image", required=True, help="the image file")
+    t.add_argument("--pixel", type=_pixel, required=True, help="Y,X in image coordinates (row, column)")
+    t.add_argument("--out", help="PNG file (default attention_Y_X.png)")
+
+    t = targets.add_parser("predictions", help="input / prediction / overlay, one row per image",
+                           description="Input / prediction / overlay, one row per image.")
+    _add_model(t)
+    t.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
+    t.add_argument("--out", required=True, help="PNG file")
+
+    t = targets.add_parser("confusion", help="the row-normalised confusion matrix of an `nlseg eval --out` JSON",
+                           description="The row-normalised confusion matrix of an `nlseg eval --out` JSON.")
+    t.add_argument("--eval-json", required=True, help="the JSON written by `nlseg eval ... --out FILE`")
+    t.add_argument("--out", required=True, help="PNG file")
+
+    t = targets.add_parser(
+        "curves", help="training loss, learning rate and validation mIoU of a work dir",
+        description="Training loss, learning rate and validation mIoU of a work dir's metrics.jsonl.",
+    )
+    t.add_argument("work_dir", help="the work dir of an `nlseg train` run (holds metrics.jsonl)")
+    t.add_argument("--out", required=True, help="PNG file")
+
+
+def _device(name: str):
+    from nlseg.engine.distributed import resolve_device
+
+    return resolve_device(name)
 
 
 def run(args: argparse.Namespace) -> None:
-    from nlseg.analysis.viz import main_viz  # TODO(outer ring): parsers here, typed calls
+    from nlseg.analysis import viz
 
-    main_viz(args.target, args.rest)
+    if args.target == "attention":
+        out, index, grid = viz.viz_attention(
+            args.recipe, args.checkpoint, args.image, args.pixel, overrides=args.overrides,
+            device=_device(args.device), out=args.out,
+        )
+        y, x = args.pixel
+        print(f"pixel ({y}, {x}) is cell {index} of the block's {grid[0]} x {grid[1]} grid")
+    elif args.target == "predictions":
+        out = viz.viz_predictions(
+            args.recipe, args.checkpoint, args.images, args.out, overrides=args.overrides, device=_device(args.device)
+        )
+    elif args.target == "confusion":
+        out = viz.viz_confusion(args.eval_json, args.out)
+    else:
+        out = viz.viz_curves(args.work_dir, args.out)
+    print(f"wrote {out}")

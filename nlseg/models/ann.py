@@ -10,23 +10,36 @@ non-local block in ANN's concatenation form (NB). The full model (AFNB + APNB) i
 """
 from __future__ import annotations
 
-import functools
 import os
 
 from torch import Tensor, nn
 
 from nlseg.blocks import create_block
 from nlseg.blocks.layers import ConvNormAct
-from nlseg.models.base import Segmentor
-from nlseg.models.registry import register_model
+from nlseg.models.base import BackboneOptions, Segmentor, build_aux_heads
 
-__all__ = ["ANN", "CONTEXTS", "FUSIONS"]
+__all__ = ["ANNDecoder", "ANN_BACKBONE", "CONTEXTS", "FUSIONS", "ann"]
 
 FUSIONS: tuple[str, ...] = ("common_fusion", "fnb", "afnb")
 CONTEXTS: tuple[str, ...] = ("nb", "apnb")
 
+ANN_BACKBONE = BackboneOptions(fixed=frozenset({"multi_grid", "dilate_first_block"}))
+"""ANN's backbone: classic stem, output stride 8, no multi-grid (fixed, as released)."""
 
-class ANN(Segmentor):
+
+def ann(
+    fusion: str | None,
+    context: str | None,
+    *,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike[str] | None = None,
+    backbone_options: BackboneOptions = ANN_BACKBONE,
+    head_channels: int = 512,
+    key_channels: int = 256,
+    value_channels: int = 256,
+    dropout: float = 0.05,
+    align_corners: bool = True,
+) -> Segmentor:
     """Asymmetric Non-local Network (ANN §3.4, Fig. 3) with any fusion / context pair of Table 6.
 
     Dropout: AFNB, FNB, APNB and NB end with Dropout2d(``dropout``), as released; the full model then
@@ -37,103 +50,75 @@ class ANN(Segmentor):
         fusion: one of :data:`FUSIONS`, or None.
         context: one of :data:`CONTEXTS`, or None.
         num_classes: number of classes K.
-        backbone: backbone name, e.g. ``"resnet101"``.
         pretrained_backbone: local weights file for the backbone, or None.
-        norm_layer: normalisation class used everywhere.
-        backbone_width: base width of the backbone (64 = standard).
-        output_stride: 8 in the paper.
-        stem: ``"classic"`` (default) or ``"deep"`` (the released code's ``deepbase_resnet101``).
+        backbone_options: the backbone and the norm of every part (default :data:`ANN_BACKBONE`).
         head_channels: channels after the 3x3 reduction and of the auxiliary head (512).
         key_channels: key/query channels of the attention blocks (256; unused by common fusion).
         value_channels: value channels of the attention blocks (256; unused by common fusion).
         dropout: Dropout2d rate of the main branch (0.05).
         align_corners: of the bilinear resizes (released: True).
-        grad_checkpointing: recompute backbone activations in the backward pass.
+    """
+    if fusion is not None and fusion not in FUSIONS:
+        raise ValueError(f"ANN: unknown fusion {fusion!r}; expected one of {FUSIONS} or None")
+    if context is not None and context not in CONTEXTS:
+        raise ValueError(f"ANN: unknown context {context!r}; expected one of {CONTEXTS} or None")
+    norm_layer = backbone_options.norm_layer
+    backbone = backbone_options.build(pretrained_backbone)
+    aux_heads = build_aux_heads(
+        backbone.stage_channels, ("layer3",), head_channels=head_channels, num_classes=num_classes, norm_layer=norm_layer
+    )
+    low, high = backbone.stage_channels["layer3"], backbone.stage_channels["layer4"]
+    attention = dict(key_channels=key_channels, value_channels=value_channels, dropout=dropout)
+    fusion_block = None
+    if fusion == "common_fusion":
+        fusion_block = create_block(fusion, high, low_channels=low, norm_layer=norm_layer)
+    elif fusion is not None:  # AFNB / FNB: out_channels = high
+        fusion_block = create_block(fusion, high, low_channels=low, norm_layer=norm_layer, **attention)
+    reduce = ConvNormAct(high, head_channels, 3, norm_layer=norm_layer)
+    context_block = None if context is None else create_block(context, head_channels, norm_layer=norm_layer, **attention)
+    decoder = ANNDecoder(
+        fusion_block,
+        reduce,
+        context_block,
+        dropout=nn.Dropout2d(dropout) if context_block is None else nn.Identity(),
+        classifier=nn.Conv2d(head_channels, num_classes, 1),
+    )
+    return Segmentor(backbone, decoder, aux_heads, num_classes=num_classes, align_corners=align_corners)
+
+
+class ANNDecoder(nn.Module):
+    """ANN's main branch (§3.4, Fig. 3): [fusion of stages 4 and 5] -> reduce -> [context] -> dropout -> classifier.
+
+    Args:
+        fusion: ``fusion(layer3, layer4)`` -> a map of layer4's shape (AFNB, FNB, common fusion), or None.
+        reduce: layer4's channels -> the head's (conv3x3 + norm + ReLU).
+        context: a block on the reduced map keeping its shape (APNB, NB), or None.
+        dropout: before the classifier (an ``nn.Identity`` where the context block ends with its own).
+        classifier: the head's channels -> K.
     """
 
     def __init__(
         self,
-        fusion: str | None,
-        context: str | None,
+        fusion: nn.Module | None,
+        reduce: nn.Module,
+        context: nn.Module | None,
         *,
-        num_classes: int,
-        backbone: str = "resnet101",
-        pretrained_backbone: str | os.PathLike[str] | None = None,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-        backbone_width: int = 64,
-        output_stride: int = 8,
-        stem: str = "classic",
-        head_channels: int = 512,
-        key_channels: int = 256,
-        value_channels: int = 256,
-        dropout: float = 0.05,
-        align_corners: bool = True,
-        grad_checkpointing: bool = False,
+        dropout: nn.Module,
+        classifier: nn.Module,
     ) -> None:
-        if fusion is not None and fusion not in FUSIONS:
-            raise ValueError(f"ANN: unknown fusion {fusion!r}; expected one of {FUSIONS} or None")
-        if context is not None and context not in CONTEXTS:
-            raise ValueError(f"ANN: unknown context {context!r}; expected one of {CONTEXTS} or None")
-        super().__init__(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained_backbone=pretrained_backbone,
-            norm_layer=norm_layer,
-            backbone_width=backbone_width,
-            output_stride=output_stride,
-            stem=stem,
-            multi_grid=None,
-            dilate_first_block=False,
-            head_channels=head_channels,
-            aux_layers=("layer3",),
-            align_corners=align_corners,
-            grad_checkpointing=grad_checkpointing,
-        )
-        low, high = self.backbone.stage_channels["layer3"], self.backbone.stage_channels["layer4"]
-        attention = dict(key_channels=key_channels, value_channels=value_channels, dropout=dropout)
-        self.fusion: nn.Module | None = None
-        if fusion == "common_fusion":
-            self.fusion = create_block(fusion, high, low_channels=low, norm_layer=norm_layer)
-        elif fusion is not None:  # AFNB / FNB: out_channels = high
-            self.fusion = create_block(fusion, high, low_channels=low, norm_layer=norm_layer, **attention)
-        self.reduce = ConvNormAct(high, head_channels, 3, norm_layer=norm_layer)
-        self.context: nn.Module | None = None
-        if context == "apnb":
-            self.context = create_block("apnb", head_channels, norm_layer=norm_layer, **attention)
-        elif context == "nb":
-            self.context = create_block("nl", head_channels, fusion="concat", norm_layer=norm_layer, **attention)
-        self.dropout = nn.Dropout2d(dropout) if self.context is None else nn.Identity()
-        self.classifier = nn.Conv2d(head_channels, num_classes, 1)
+        super().__init__()
+        self.fusion = fusion
+        self.reduce = reduce
+        self.context = context
+        self.dropout = dropout
+        self.classifier = classifier
 
-    def decode(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
+        """Logits (B, K, H/8, W/8) from layer3 and layer4; ``aux`` is not read."""
         x = features["layer4"]  # (B, 2048, H/8, W/8)
         if self.fusion is not None:
             x = self.fusion(features["layer3"], x)  # (B, 2048, H/8, W/8)
         x = self.reduce(x)  # (B, 512, H/8, W/8)
         if self.context is not None:
-            x = self.context(x)
-        return self.classifier(self.dropout(x))
-
-
-# name, fusion, context, Table 6 row, its mIoU (ResNet-101, Cityscapes val)
-TABLE_6: tuple[tuple[str, str | None, str | None, str, float], ...] = (
-    ("ann_nb", None, "nb", "+ NB", 78.4),
-    ("ann_apnb", None, "apnb", "+ APNB", 78.6),
-    ("ann_common_fusion", "common_fusion", None, "+ Common fusion", 76.5),
-    ("ann_fnb", "fnb", None, "+ FNB", 77.3),
-    ("ann_afnb", "afnb", None, "+ AFNB", 77.1),
-    ("ann_common_fusion_nb", "common_fusion", "nb", "+ Common fusion + NB", 79.0),
-    ("ann_fnb_nb", "fnb", "nb", "+ FNB + NB", 79.7),
-    ("ann", "afnb", "apnb", "+ AFNB + APNB (Full)", 79.9),
-)
-ANN_INPUT = (1024, 2048)  # ANN Table 2: whole 2048x1024 Cityscapes images
-
-for _name, _fusion, _context, _row, _miou in TABLE_6:
-    register_model(
-        f"{_name}_r50",
-        paper=f"ANN Table 6: {_row}, with ResNet-50 (the paper reports ResNet-101 only)",
-        input_size=ANN_INPUT,
-    )(functools.partial(ANN, _fusion, _context, backbone="resnet50"))
-    register_model(f"{_name}_r101", paper=f"ANN Table 6: {_row} (R-101)", miou=_miou, input_size=ANN_INPUT)(
-        functools.partial(ANN, _fusion, _context, backbone="resnet101")
-    )
+            x = self.context(x)  # (B, 512, H/8, W/8)
+        return self.classifier(self.dropout(x))  # (B, K, H/8, W/8)

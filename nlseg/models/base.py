@@ -1,21 +1,26 @@
-"""What every segmentor shares: the dilated backbone, the auxiliary heads, logits resized to the input.
+"""What every segmentor shares: a backbone, auxiliary heads on its stages, a decoder, logits resized to the input.
 
-A model returns ``{"out": logits, "aux": [logits, ...]}``, all (B, K, H, W) at the input's H x W,
-and computes no loss (the recipe weights the auxiliary outputs, in the order of ``aux_layers``).
+A model is composed of parts (torchvision's ``backbone + classifier + aux_classifier``): the family builders
+(:func:`nlseg.models.fcn.fcn`, :func:`nlseg.models.ann.ann`, :func:`nlseg.models.denoised.denoised_nl`, ...) build
+the backbone from :class:`BackboneOptions`, the auxiliary heads with :func:`build_aux_heads` and their own decoder,
+and hand them to :class:`Segmentor`. A model returns ``{"out": logits, "aux": [logits, ...]}``, all (B, K, H, W) at
+the input's H x W, and computes no loss (the recipe weights the auxiliary outputs, in the order of the heads).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlseg.backbones import create_backbone
+from nlseg.backbones import ResNet, create_backbone
 from nlseg.blocks.layers import ConvNormAct
 
-__all__ = ["AUX_LAYERS", "SegHead", "Segmentor"]
+__all__ = ["AUX_LAYERS", "BackboneOptions", "SegHead", "Segmentor", "build_aux_heads"]
 
 AUX_DROPOUT = 0.05
 """Dropout2d rate of the auxiliary heads (ANN's stage-4 head; the released Denoised NL heads)."""
@@ -23,6 +28,64 @@ AUX_DROPOUT = 0.05
 AUX_LAYERS: dict[str, int] = {"layer2": 8, "layer3": 1}
 """Stages that can carry an auxiliary head, and by how much its hidden width divides ``head_channels``:
 layer3 (ANN's "Stage4"): conv3x3 -> 512; layer2 (Denoised NL's res2 head): conv3x3 -> 64."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneOptions:
+    """The options every model passes to its dilated ResNet, and the norm all its parts use.
+
+    The one place for backbone options: ``create_model`` offers each field as an option of every model whose
+    builder takes ``backbone_options`` (a family that fixes a field leaves it out with
+    :attr:`BackboneOptions.fixed`), and :meth:`build` hands them to ``nlseg.backbones.create_backbone``.
+
+    Args:
+        backbone: backbone name (``nlseg.backbones.list_backbones()``), e.g. ``"resnet101"``.
+        norm_layer: normalisation class used everywhere in the model (BatchNorm2d, SyncBatchNorm, ...).
+        backbone_width: base width of the backbone (64 is the standard network).
+        output_stride: 8, 16 or 32 (8 in both papers).
+        stem: ``"classic"`` or ``"deep"`` (the released codes' three 3x3 convolutions).
+        multi_grid: layer4 multi-grid factors, or None.
+        dilate_first_block: the first block of a dilated stage takes the stage's dilation (released
+            Denoised NL backbone) instead of the previous one (torchvision).
+        grad_checkpointing: recompute backbone activations in the backward pass to save memory.
+    """
+
+    backbone: str = "resnet101"
+    norm_layer: type[nn.Module] = nn.BatchNorm2d
+    backbone_width: int = 64
+    output_stride: int = 8
+    stem: str = "classic"
+    multi_grid: tuple[int, ...] | None = None
+    dilate_first_block: bool = False
+    grad_checkpointing: bool = False
+
+    fixed: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
+    """Fields this family keeps at their value: not ``create_model`` options (ANN: its backbone is not multi-grid)."""
+
+    def options(self) -> dict[str, Any]:
+        """The fields a user may set, by name, with their values here."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in {"fixed", *self.fixed}}
+
+    def replace(self, **changes: Any) -> BackboneOptions:
+        """A copy with ``changes``. Raises ``TypeError`` naming a change that is no option."""
+        unknown = sorted(set(changes) - set(self.options()))
+        if unknown:
+            raise TypeError(f"unknown backbone option(s) {unknown}; the options are {list(self.options())}")
+        return dataclasses.replace(self, **changes)
+
+    def build(self, pretrained: str | os.PathLike[str] | None = None) -> ResNet:
+        """The backbone, its weights read from the local file ``pretrained`` if given."""
+        return create_backbone(
+            self.backbone,
+            pretrained=pretrained,
+            output_stride=self.output_stride,
+            stem=self.stem,
+            multi_grid=self.multi_grid,
+            dilate_first_block=self.dilate_first_block,
+            norm_layer=self.norm_layer,
+            width=self.backbone_width,
+            checkpointing=self.grad_checkpointing,
+        )
 
 
 class SegHead(nn.Sequential):
@@ -53,97 +116,104 @@ class SegHead(nn.Sequential):
         )
 
 
-class Segmentor(nn.Module, ABC):
-    """Base of every model: builds the backbone and the auxiliary heads and resizes all logits to the input.
+def check_num_classes(num_classes: int) -> None:
+    """Raise ``ValueError`` unless ``num_classes`` is a positive int."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
-    Subclasses build their main branch and implement :meth:`decode`.
+
+def build_aux_heads(
+    stage_channels: Mapping[str, int],
+    stages: Sequence[str],
+    *,
+    head_channels: int,
+    num_classes: int,
+    norm_layer: type[nn.Module],
+) -> nn.ModuleDict:
+    """A :class:`SegHead` on each of ``stages`` (deep supervision: ANN Eq. 18; Denoised NL Eq. 5), in output order.
 
     Args:
+        stage_channels: channels of each backbone stage (``backbone.stage_channels``).
+        stages: a subset of :data:`AUX_LAYERS`; the head on a stage has ``head_channels // AUX_LAYERS[stage]``.
+        head_channels: hidden width of the model's heads (512 in both papers).
         num_classes: number of classes K.
-        backbone: backbone name (``nlseg.backbones.list_backbones()``), e.g. ``"resnet101"``.
-        pretrained_backbone: local weights file for the backbone, or None.
-        norm_layer: normalisation class used everywhere (BatchNorm2d, SyncBatchNorm, ...).
-        backbone_width: base width of the backbone (64 is the standard network).
-        output_stride: 8, 16 or 32.
-        stem: ``"classic"`` or ``"deep"``.
-        multi_grid: layer4 multi-grid factors, or None.
-        dilate_first_block: the first block of a dilated stage takes the stage's dilation (released
-            Denoised NL backbone) instead of the previous one (torchvision).
-        head_channels: hidden width of the heads (512 in both papers).
-        aux_layers: stages with an auxiliary head, a subset of :data:`AUX_LAYERS`, in output order.
-        align_corners: ``align_corners`` of every bilinear resize of the model (both papers' code: True).
-        grad_checkpointing: recompute backbone activations in the backward pass to save memory.
+        norm_layer: normalisation class.
+
+    Raises:
+        ValueError: an unknown or repeated stage; ``head_channels`` below 8; ``num_classes`` not positive.
+    """
+    check_num_classes(num_classes)
+    if head_channels < 8:
+        raise ValueError(f"head_channels must be at least 8 (layer2's head uses 1/8 of it), got {head_channels}")
+    unknown = [stage for stage in stages if stage not in AUX_LAYERS]
+    if unknown or len(set(stages)) != len(stages):
+        raise ValueError(f"aux_layers must be distinct stages of {tuple(AUX_LAYERS)}, got {tuple(stages)}")
+    return nn.ModuleDict(
+        {
+            stage: SegHead(
+                stage_channels[stage],
+                head_channels // AUX_LAYERS[stage],
+                num_classes,
+                dropout=AUX_DROPOUT,
+                norm_layer=norm_layer,
+            )
+            for stage in stages
+        }
+    )
+
+
+class Segmentor(nn.Module):
+    """A segmentation model composed of a backbone, auxiliary heads and a decoder.
+
+    ``forward``: backbone stage maps -> the auxiliary logits of each head's stage -> ``decoder(features, aux)``
+    (the Denoised NL network's Global Rectifying reads ``aux["layer3"]``) -> every logit map bilinearly resized to
+    the input. State-dict keys: ``backbone.*``, ``aux_heads.<stage>.*``, ``decoder.*``; checkpoints from before the
+    decoder was a module (its keys at the top level) load unchanged.
+
+    Args:
+        backbone: returns the stage maps ``{"layer1": ..., "layer4": ...}`` of an image batch.
+        decoder: ``decoder(features, aux) -> (B, K, h, w)`` main-branch logits.
+        aux_heads: a head per backbone stage, logits (B, K, h, w) from that stage's map; output order.
+        num_classes: number of classes K.
+        align_corners: of the bilinear resizes to the input (both papers' code: True).
     """
 
     def __init__(
         self,
+        backbone: nn.Module,
+        decoder: nn.Module,
+        aux_heads: Mapping[str, nn.Module],
         *,
         num_classes: int,
-        backbone: str,
-        pretrained_backbone: str | os.PathLike[str] | None,
-        norm_layer: type[nn.Module],
-        backbone_width: int,
-        output_stride: int,
-        stem: str,
-        multi_grid: tuple[int, ...] | None,
-        dilate_first_block: bool,
-        head_channels: int,
-        aux_layers: Sequence[str],
         align_corners: bool,
-        grad_checkpointing: bool,
     ) -> None:
         super().__init__()
-        name = type(self).__name__
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"{name}: num_classes must be a positive int, got {num_classes!r}")
-        if head_channels < 8:
-            raise ValueError(
-                f"{name}: head_channels must be at least 8 (layer2's head uses 1/8 of it), got {head_channels}"
-            )
-        unknown = [stage for stage in aux_layers if stage not in AUX_LAYERS]
-        if unknown or len(set(aux_layers)) != len(aux_layers):
-            raise ValueError(
-                f"{name}: aux_layers must be distinct stages of {tuple(AUX_LAYERS)}, got {tuple(aux_layers)}"
-            )
+        check_num_classes(num_classes)
         self.num_classes = num_classes
         self.align_corners = align_corners
-        self.backbone = create_backbone(
-            backbone,
-            pretrained=pretrained_backbone,
-            output_stride=output_stride,
-            stem=stem,
-            multi_grid=multi_grid,
-            dilate_first_block=dilate_first_block,
-            norm_layer=norm_layer,
-            width=backbone_width,
-            checkpointing=grad_checkpointing,
-        )
-        channels = self.backbone.stage_channels
-        self.aux_heads = nn.ModuleDict(
-            {
-                stage: SegHead(
-                    channels[stage],
-                    head_channels // AUX_LAYERS[stage],
-                    num_classes,
-                    dropout=AUX_DROPOUT,
-                    norm_layer=norm_layer,
-                )
-                for stage in aux_layers
-            }
-        )
-
-    @abstractmethod
-    def decode(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
-        """Main-branch logits (B, K, h, w) from the backbone's stage maps and the auxiliary logits by stage."""
-
-    def resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
-        """Bilinear resize to ``size`` with the model's ``align_corners``."""
-        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=self.align_corners)
+        self.backbone = backbone
+        self.aux_heads = aux_heads if isinstance(aux_heads, nn.ModuleDict) else nn.ModuleDict(aux_heads)
+        self.decoder = decoder
+        self.register_load_state_dict_pre_hook(_move_legacy_decoder_keys)
 
     def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
-        """x (B, 3, H, W) -> {"out": (B, K, H, W), "aux": [(B, K, H, W) per aux layer]}."""
-        features = self.backbone(x)
-        aux = {stage: head(features[stage]) for stage, head in self.aux_heads.items()}
-        out = self.decode(features, aux)
-        size = x.shape[-2:]
+        """x (B, 3, H, W) -> {"out": (B, K, H, W), "aux": [(B, K, H, W) per auxiliary head]}."""
+        features = self.backbone(x)  # {"layer1": (B, C1, H/4, W/4), ..., "layer4": (B, C4, H/8, W/8)}
+        aux = {stage: head(features[stage]) for stage, head in self.aux_heads.items()}  # (B, K, h, w) each
+        out = self.decoder(features, aux)  # (B, K, H/8, W/8)
+        size = tuple(x.shape[-2:])
         return {"out": self.resize(out, size), "aux": [self.resize(logits, size) for logits in aux.values()]}
+
+    def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bilinear resize to ``size`` with the model's ``align_corners``."""
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+
+
+def _move_legacy_decoder_keys(module: Segmentor, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: a key ``<prefix><part>.*`` whose ``<part>`` is a child of the decoder (a checkpoint
+    saved before the decoder was a module, e.g. ``head.0.0.weight``) becomes ``<prefix>decoder.<part>.*``."""
+    parts = {name for name, _ in module.decoder.named_children()}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        part = key[len(prefix):].split(".", 1)[0]
+        if part in parts:
+            state_dict[f"{prefix}decoder.{key[len(prefix):]}"] = state_dict.pop(key)

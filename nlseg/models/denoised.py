@@ -9,7 +9,7 @@
     layer3 ─ conv3x3 -> 512 + BN + ReLU + Dropout2d(0.05) + conv1x1 -> K           (auxiliary, λ2 = 1; GR's input)
 
 Backbone as released: deep stem, output stride 8, every layer3 block dilated 2, layer4 dilations (4, 8, 16).
-"block" is the Denoised NL block (:class:`DenoisedNLNet`), or another block in the same place for the
+"block" is the Denoised NL block (:func:`denoised_nl`), or another block in the same place for the
 comparison rows of Tables III and IV, or nothing (the tables' Baseline, ``dnl_baseline_r*``).
 
 The global-context branch follows the paper's Fig. 3 ("global average pooling followed with a 1×1
@@ -24,202 +24,40 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlseg.backbones import BasicBlock
-from nlseg.blocks import (
-    ChannelAttention,
-    CompactChannelAttention,
-    CompactPositionAttention,
-    CrissCrossAttention,
-    PositionAttention,
-    create_block,
-)
+from nlseg.blocks import block_options, create_block, list_blocks
 from nlseg.blocks.layers import ConvNormAct
-from nlseg.models.base import SegHead, Segmentor
-from nlseg.models.registry import register_model
+from nlseg.models.base import BackboneOptions, SegHead, Segmentor, build_aux_heads
 
-__all__ = ["BLOCKS", "DenoisedNLNet", "DenoisedNLPipeline", "ParallelSum"]
+__all__ = ["DENOISED_NL_BACKBONE", "DenoisedNLDecoder", "comparison_block", "denoised_nl", "denoised_nl_pipeline"]
 
 HEAD_DROPOUT = 0.05
 
-
-class ParallelSum(nn.Module):
-    """Two blocks on one input, outputs summed, as DANet sums its position and channel branches.
-
-    Args:
-        first: a block keeping the channel count.
-        second: another one.
-    """
-
-    def __init__(self, first: nn.Module, second: nn.Module) -> None:
-        super().__init__()
-        self.first = first
-        self.second = second
-        self.out_channels = first.out_channels
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
-        return self.first(x) + self.second(x)
-
-
-# Tables IV and V re-implement each method by its attention modules alone, on the reduced 512-channel
-# map: Table V's deltas are exactly those modules' FLOPs (benchmarks/model_table.py, docs/models.md).
-
-
-def _nl(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # softmax(q kᵀ) v with q, k at C/8 (= Ck 64) and v at C, γ-residual, no scale, no Wo: the Denoised NL
-    # block without GR and LR (Table V: +7.63 GFLOPs).
-    return PositionAttention(channels)
-
-
-def _ocnet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    return create_block("ocnet", channels, norm_layer=norm_layer)
-
-
-def _ccnet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # CCNet's recurrent criss-cross attention, R = 2, q, k at C/8.
-    return CrissCrossAttention(channels, recurrence=2)
-
-
-def _danet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # DANet's PAM + CAM on the map itself (Table V: +10.04 GFLOPs).
-    return ParallelSum(PositionAttention(channels), ChannelAttention(channels))
-
-
-def _dranet(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # "DRANet*": CPAM + CCAM only (Table IV's footnote), CCAM's compact map at C/16 as released.
-    return ParallelSum(
-        CompactPositionAttention(channels, norm_layer=norm_layer),
-        CompactChannelAttention(channels, channels // 16, norm_layer=norm_layer),
-    )
-
-
-def _ppm(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    return create_block("ppm", channels, out_channels=channels, norm_layer=norm_layer)
-
-
-def _aspp(channels: int, norm_layer: type[nn.Module]) -> nn.Module:
-    # DeepLabV3's rates for features at 1/16; C channels out, like every block here.
-    return create_block("aspp", channels, out_channels=channels, dilations=(6, 12, 18), norm_layer=norm_layer)
-
+DENOISED_NL_BACKBONE = BackboneOptions(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
+"""The released Denoised NL backbone: deep stem, every layer3 block at dilation 2, layer4 at (4, 8, 16)."""
 
 BlockFactory = Callable[[int, type[nn.Module]], nn.Module]
 """Builds a context block from (channels, norm_layer)."""
 
-BLOCKS: dict[str, BlockFactory] = {
-    "nl": _nl,
-    "ocnet": _ocnet,
-    "ccnet": _ccnet,
-    "danet": _danet,
-    "dranet": _dranet,
-    "ppm": _ppm,
-    "aspp": _aspp,
-}
-"""The blocks Tables III and IV put in place of Denoised NL, each built on the reduced map's C channels and
-returning C channels, so the rest of the pipeline is the Baseline's and a row's extra cost is its block's."""
 
-
-class DenoisedNLPipeline(Segmentor):
-    """The Denoised NL paper's pipeline (Fig. 3) with any block of :data:`BLOCKS`, or none, at 1/16.
-
-    Args:
-        block: a name of :data:`BLOCKS`, a function building the block from (channels, norm_layer), or
-            None for the Baseline of Tables II-V.
-        num_classes: number of classes K.
-        backbone: backbone name, e.g. ``"resnet101"``.
-        pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
-        norm_layer: normalisation class used everywhere.
-        backbone_width: base width of the backbone (64 = standard).
-        output_stride: 8 in the paper; the block then sees 1/16.
-        stem: ``"deep"`` (released) or ``"classic"``.
-        multi_grid: layer4 multi-grid factors; (1, 2, 4) gives the released dilations (4, 8, 16).
-        dilate_first_block: True as released (all layer3 blocks at dilation 2).
-        head_channels: channels of the reduced map F, of the head, and of the layer3 auxiliary head (512);
-            the layer2 auxiliary head has ``head_channels // 8``.
-        dropout: Dropout2d rate of the head (0.05).
-        global_context: add the paper's global-context branch to the concatenation (the released model
-            has none).
-        align_corners: of the bilinear resizes, the x2 upsampling included (released: True).
-        grad_checkpointing: recompute backbone activations in the backward pass.
-    """
-
-    def __init__(
-        self,
-        block: str | BlockFactory | None,
-        *,
-        num_classes: int,
-        backbone: str = "resnet101",
-        pretrained_backbone: str | os.PathLike[str] | None = None,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-        backbone_width: int = 64,
-        output_stride: int = 8,
-        stem: str = "deep",
-        multi_grid: tuple[int, ...] | None = (1, 2, 4),
-        dilate_first_block: bool = True,
-        head_channels: int = 512,
-        dropout: float = HEAD_DROPOUT,
-        global_context: bool = True,
-        align_corners: bool = True,
-        grad_checkpointing: bool = False,
-    ) -> None:
-        if isinstance(block, str):
-            if block not in BLOCKS:
-                raise ValueError(
-                    f"{type(self).__name__}: unknown block {block!r}; expected one of {tuple(BLOCKS)} or None"
-                )
-            block = BLOCKS[block]
-        super().__init__(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained_backbone=pretrained_backbone,
-            norm_layer=norm_layer,
-            backbone_width=backbone_width,
-            output_stride=output_stride,
-            stem=stem,
-            multi_grid=multi_grid,
-            dilate_first_block=dilate_first_block,
-            head_channels=head_channels,
-            aux_layers=("layer2", "layer3"),
-            align_corners=align_corners,
-            grad_checkpointing=grad_checkpointing,
-        )
-        channels = self.backbone.out_channels
-        shortcut = nn.Sequential(
-            nn.Conv2d(head_channels, head_channels, 3, stride=2, padding=1, bias=False),
-            norm_layer(head_channels),
-            nn.ReLU(inplace=True),
-        )
-        self.reduction = nn.Sequential(
-            ConvNormAct(channels, head_channels, 3, norm_layer=norm_layer),
-            BasicBlock(head_channels, head_channels, stride=2, downsample=shortcut, norm_layer=norm_layer),
-        )
-        self.block = None if block is None else block(head_channels, norm_layer)
-        block_channels = head_channels if self.block is None else self.block.out_channels
-        self.fuse = ConvNormAct(block_channels, head_channels, 3, norm_layer=norm_layer)
-        self.global_context = (
-            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, head_channels, 1), nn.ReLU(inplace=True))
-            if global_context
-            else None
-        )
-        concat = channels + head_channels * (2 if global_context else 1)
-        self.head = SegHead(concat, head_channels, num_classes, dropout=dropout, norm_layer=norm_layer)
-
-    def apply_block(self, x: Tensor, aux: dict[str, Tensor]) -> Tensor:
-        """The block on the reduced map x (B, C, h, w); ``aux`` holds the auxiliary logits by stage."""
-        return x if self.block is None else self.block(x)
-
-    def decode(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
-        x = features["layer4"]  # X: (B, 2048, H/8, W/8)
-        context = self.apply_block(self.reduction(x), aux)  # (B, C_block, H/16, W/16)
-        # Released: upsample to (2h, 2w). X's own size is the same for even sizes and also fits odd ones.
-        parts = [x, self.fuse(self.resize(context, x.shape[-2:]))]  # + (B, 512, H/8, W/8)
-        if self.global_context is not None:
-            parts.append(self.global_context(x).expand(-1, -1, *x.shape[-2:]))  # (B, 512, H/8, W/8)
-        return self.head(torch.cat(parts, dim=1))
-
-
-class DenoisedNLNet(DenoisedNLPipeline):
+def denoised_nl(
+    *,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike[str] | None = None,
+    backbone_options: BackboneOptions = DENOISED_NL_BACKBONE,
+    head_channels: int = 512,
+    dropout: float = HEAD_DROPOUT,
+    global_context: bool = True,
+    align_corners: bool = True,
+    key_channels: int = 64,
+    kernel_size: int = 3,
+    rectify: bool = True,
+    retain: bool = True,
+    detach_class_probs: bool = False,
+) -> Segmentor:
     """The Denoised NL network (§III-B, §III-F): the pipeline with the Denoised NL block at 1/16.
 
     Global Rectifying reads the layer3 auxiliary head's logits; the block resizes them to its H x W
@@ -228,122 +66,202 @@ class DenoisedNLNet(DenoisedNLPipeline):
 
     Args:
         num_classes: number of classes K.
-        backbone: backbone name, e.g. ``"resnet101"``.
         pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
-        norm_layer: normalisation class used everywhere.
-        backbone_width: base width of the backbone (64 = standard).
-        output_stride: 8 in the paper; the block then sees 1/16.
-        stem: ``"deep"`` (released) or ``"classic"``.
-        multi_grid: layer4 multi-grid factors; (1, 2, 4) gives the released dilations (4, 8, 16).
-        dilate_first_block: True as released (all layer3 blocks at dilation 2).
+        backbone_options: the backbone and the norm of every part (default :data:`DENOISED_NL_BACKBONE`).
         head_channels: channels of F (and so the block's Cv), of the head and of the layer3 auxiliary head.
         dropout: Dropout2d rate of the head (0.05).
         global_context: add the paper's global-context branch (the released model has none).
         align_corners: of the model's own bilinear resizes (the block's class-map resize is always True).
-        grad_checkpointing: recompute backbone activations in the backward pass.
         key_channels: Ck of the block's queries and keys (64).
         kernel_size: Local Retention window (3).
         rectify: Global Rectifying on.
         retain: Local Retention on.
         detach_class_probs: stop GR's gradient from reaching the layer3 head (released: it does reach it).
     """
+    block = functools.partial(
+        create_block,
+        "denoised_nl",
+        key_channels=key_channels,
+        kernel_size=kernel_size,
+        rectify=rectify,
+        retain=retain,
+        class_input="logits",
+    )  # DenoisedNL has no norm: it takes no norm_layer
+    return _pipeline(
+        lambda channels, norm_layer: block(channels),
+        class_stage="layer3" if rectify else None,
+        detach_class_probs=detach_class_probs,
+        num_classes=num_classes,
+        pretrained_backbone=pretrained_backbone,
+        backbone_options=backbone_options,
+        head_channels=head_channels,
+        dropout=dropout,
+        global_context=global_context,
+        align_corners=align_corners,
+    )
+
+
+def denoised_nl_pipeline(
+    block: str | BlockFactory | None,
+    *,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike[str] | None = None,
+    backbone_options: BackboneOptions = DENOISED_NL_BACKBONE,
+    head_channels: int = 512,
+    dropout: float = HEAD_DROPOUT,
+    global_context: bool = True,
+    align_corners: bool = True,
+) -> Segmentor:
+    """The Denoised NL paper's pipeline (Fig. 3) with any block of ``nlseg.blocks.list_blocks()``, or none, at 1/16.
+
+    Args:
+        block: a ``create_block`` name (built by :func:`comparison_block`), a function building the block
+            from (channels, norm_layer), or None for the Baseline of Tables II-V.
+        num_classes: number of classes K.
+        pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
+        backbone_options: the backbone and the norm of every part (default :data:`DENOISED_NL_BACKBONE`).
+        head_channels: channels of the reduced map F, of the head, and of the layer3 auxiliary head (512);
+            the layer2 auxiliary head has ``head_channels // 8``.
+        dropout: Dropout2d rate of the head (0.05).
+        global_context: add the paper's global-context branch to the concatenation (the released model
+            has none).
+        align_corners: of the bilinear resizes, the x2 upsampling included (released: True).
+    """
+    if isinstance(block, str):
+        if block not in list_blocks():
+            raise ValueError(f"denoised_nl_pipeline: unknown block {block!r}; expected one of {list_blocks()} or None")
+        block = functools.partial(comparison_block, block)
+    return _pipeline(
+        block,
+        class_stage=None,
+        detach_class_probs=False,
+        num_classes=num_classes,
+        pretrained_backbone=pretrained_backbone,
+        backbone_options=backbone_options,
+        head_channels=head_channels,
+        dropout=dropout,
+        global_context=global_context,
+        align_corners=align_corners,
+    )
+
+
+def comparison_block(name: str, channels: int, norm_layer: type[nn.Module]) -> nn.Module:
+    """``create_block(name, channels)`` with the model's norm where the block has one: the block the Denoised NL
+    tables put in place of Denoised NL (Tables III and IV), on the reduced map's C channels, returning C
+    channels, so the rest of the pipeline is the Baseline's and a row's extra cost is its block's."""
+    norm = {"norm_layer": norm_layer} if "norm_layer" in block_options(name) else {}
+    return create_block(name, channels, **norm)
+
+
+def _pipeline(
+    block: BlockFactory | None,
+    *,
+    class_stage: str | None,
+    detach_class_probs: bool,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike[str] | None,
+    backbone_options: BackboneOptions,
+    head_channels: int,
+    dropout: float,
+    global_context: bool,
+    align_corners: bool,
+) -> Segmentor:
+    """Backbone, the layer2 and layer3 auxiliary heads, and the pipeline's decoder around ``block``."""
+    norm_layer = backbone_options.norm_layer
+    backbone = backbone_options.build(pretrained_backbone)
+    aux_heads = build_aux_heads(
+        backbone.stage_channels,
+        ("layer2", "layer3"),
+        head_channels=head_channels,
+        num_classes=num_classes,
+        norm_layer=norm_layer,
+    )
+    channels = backbone.out_channels
+    shortcut = nn.Sequential(
+        nn.Conv2d(head_channels, head_channels, 3, stride=2, padding=1, bias=False),
+        norm_layer(head_channels),
+        nn.ReLU(inplace=True),
+    )
+    reduction = nn.Sequential(
+        ConvNormAct(channels, head_channels, 3, norm_layer=norm_layer),
+        BasicBlock(head_channels, head_channels, stride=2, downsample=shortcut, norm_layer=norm_layer),
+    )
+    context = None if block is None else block(head_channels, norm_layer)
+    block_channels = head_channels if context is None else context.out_channels
+    fuse = ConvNormAct(block_channels, head_channels, 3, norm_layer=norm_layer)
+    pooled = (
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, head_channels, 1), nn.ReLU(inplace=True))
+        if global_context
+        else None
+    )
+    concat = channels + head_channels * (2 if global_context else 1)
+    head = SegHead(concat, head_channels, num_classes, dropout=dropout, norm_layer=norm_layer)
+    decoder = DenoisedNLDecoder(
+        reduction,
+        context,
+        fuse,
+        pooled,
+        head,
+        class_stage=class_stage,
+        detach_class_probs=detach_class_probs,
+        align_corners=align_corners,
+    )
+    return Segmentor(backbone, decoder, aux_heads, num_classes=num_classes, align_corners=align_corners)
+
+
+class DenoisedNLDecoder(nn.Module):
+    """The Denoised NL pipeline's decoder (§III-B, Fig. 3): reduction to 1/16, block, x2 upsampling, fusion with X.
+
+    Args:
+        reduction: X (B, 2048, h, w) -> F (B, C, h/2, w/2).
+        block: the context block on F, or None (the Baseline). With ``class_stage`` it takes F and the
+            auxiliary logits of that stage (the Denoised NL block's Global Rectifying).
+        fuse: the block's output -> C channels (conv3x3 + norm + ReLU), after upsampling to X's size.
+        global_context: X -> (B, C, 1, 1) (the paper's global-context branch), or None.
+        head: cat(X, fused[, global context]) -> K logits.
+        class_stage: the stage whose auxiliary logits the block reads, or None.
+        detach_class_probs: stop the block's gradient from reaching those logits.
+        align_corners: of the x2 upsampling.
+    """
 
     def __init__(
         self,
+        reduction: nn.Module,
+        block: nn.Module | None,
+        fuse: nn.Module,
+        global_context: nn.Module | None,
+        head: nn.Module,
         *,
-        num_classes: int,
-        backbone: str = "resnet101",
-        pretrained_backbone: str | os.PathLike[str] | None = None,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-        backbone_width: int = 64,
-        output_stride: int = 8,
-        stem: str = "deep",
-        multi_grid: tuple[int, ...] | None = (1, 2, 4),
-        dilate_first_block: bool = True,
-        head_channels: int = 512,
-        dropout: float = HEAD_DROPOUT,
-        global_context: bool = True,
-        align_corners: bool = True,
-        grad_checkpointing: bool = False,
-        key_channels: int = 64,
-        kernel_size: int = 3,
-        rectify: bool = True,
-        retain: bool = True,
-        detach_class_probs: bool = False,
+        class_stage: str | None,
+        detach_class_probs: bool,
+        align_corners: bool,
     ) -> None:
-        denoised_nl = functools.partial(
-            create_block,
-            "denoised_nl",
-            key_channels=key_channels,
-            kernel_size=kernel_size,
-            rectify=rectify,
-            retain=retain,
-            class_input="logits",
-        )  # DenoisedNL has no norm: it takes no norm_layer
-        super().__init__(
-            lambda channels, norm_layer: denoised_nl(channels),
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained_backbone=pretrained_backbone,
-            norm_layer=norm_layer,
-            backbone_width=backbone_width,
-            output_stride=output_stride,
-            stem=stem,
-            multi_grid=multi_grid,
-            dilate_first_block=dilate_first_block,
-            head_channels=head_channels,
-            dropout=dropout,
-            global_context=global_context,
-            align_corners=align_corners,
-            grad_checkpointing=grad_checkpointing,
-        )
+        super().__init__()
+        self.reduction = reduction
+        self.block = block
+        self.fuse = fuse
+        self.global_context = global_context
+        self.head = head
+        self.class_stage = class_stage
         self.detach_class_probs = detach_class_probs
+        self.align_corners = align_corners
 
     def apply_block(self, x: Tensor, aux: dict[str, Tensor]) -> Tensor:
-        if not self.block.rectify:
+        """The block on the reduced map x (B, C, h, w); ``aux`` holds the auxiliary logits by stage."""
+        if self.block is None:
+            return x
+        if self.class_stage is None:
             return self.block(x)
-        logits = aux["layer3"]  # (B, K, H/8, W/8), resized and softmaxed inside the block
+        logits = aux[self.class_stage]  # (B, K, H/8, W/8), resized and softmaxed inside the block
         return self.block(x, logits.detach() if self.detach_class_probs else logits)
 
-
-DNL_INPUT = (768, 768)  # Denoised NL Table V: 1 x 3 x 768 x 768
-# block, table, row, (R-50 mIoU, R-101 mIoU) on Cityscapes val
-COMPARISONS: tuple[tuple[str, str, str, tuple[float, float]], ...] = (
-    ("nl", "IV", "+NL", (79.5, 80.6)),
-    ("ocnet", "IV", "+OCNet", (80.3, 81.3)),
-    ("ccnet", "IV", "+CCNet", (79.9, 81.1)),
-    ("danet", "IV", "+DANet", (80.3, 81.2)),
-    ("dranet", "IV", "+DRANet*", (80.2, 81.1)),
-    ("ppm", "III", "+PPM", (77.6, 79.0)),
-    ("aspp", "III", "+ASPP", (77.9, 79.2)),
-)
-
-register_model(
-    "denoised_nl_r18", paper="demo size (no paper row): Denoised NL on ResNet-18", input_size=DNL_INPUT
-)(functools.partial(DenoisedNLNet, backbone="resnet18", multi_grid=(1, 2)))
-register_model(
-    "dnl_baseline_r18", paper="demo size (no paper row): the Denoised NL pipeline without a block, ResNet-18",
-    input_size=DNL_INPUT,
-)(functools.partial(DenoisedNLPipeline, None, backbone="resnet18", multi_grid=(1, 2)))
-for _depth, _miou in ((50, 82.0), (101, 83.5)):
-    register_model(
-        f"denoised_nl_r{_depth}",
-        paper=f"Denoised NL Tables II-IV: +Denoised NL, GR + LR (R-{_depth})",
-        miou=_miou,
-        input_size=DNL_INPUT,
-    )(functools.partial(DenoisedNLNet, backbone=f"resnet{_depth}"))
-for _depth, _miou in ((50, 76.7), (101, 77.9)):
-    register_model(
-        f"dnl_baseline_r{_depth}",
-        paper=f"Denoised NL Tables II-V: Baseline (R-{_depth}), the pipeline without a block",
-        miou=_miou,
-        input_size=DNL_INPUT,
-    )(functools.partial(DenoisedNLPipeline, None, backbone=f"resnet{_depth}"))
-for _block, _table, _row, _mious in COMPARISONS:
-    for _depth, _miou in zip((50, 101), _mious):
-        register_model(
-            f"{_block}_r{_depth}",
-            paper=f"Denoised NL Table {_table}: {_row} (R-{_depth}), in the Denoised NL pipeline at 1/16",
-            miou=_miou,
-            input_size=DNL_INPUT,
-        )(functools.partial(DenoisedNLPipeline, _block, backbone=f"resnet{_depth}"))
+    def forward(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
+        """Logits (B, K, H/8, W/8) from layer4 and, for Global Rectifying, the auxiliary logits."""
+        x = features["layer4"]  # X: (B, 2048, H/8, W/8)
+        context = self.apply_block(self.reduction(x), aux)  # (B, C_block, H/16, W/16)
+        # Released: upsample to (2h, 2w). X's own size is the same for even sizes and also fits odd ones.
+        up = F.interpolate(context, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
+        parts = [x, self.fuse(up)]  # + (B, 512, H/8, W/8)
+        if self.global_context is not None:
+            parts.append(self.global_context(x).expand(-1, -1, *x.shape[-2:]))  # (B, 512, H/8, W/8)
+        return self.head(torch.cat(parts, dim=1))  # (B, K, H/8, W/8)

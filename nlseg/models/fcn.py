@@ -7,89 +7,57 @@ form is ``stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, aux_layers
 """
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nlseg.models.base import SegHead, Segmentor
-from nlseg.models.registry import register_model
+from nlseg.models.base import BackboneOptions, SegHead, Segmentor, build_aux_heads
 
-__all__ = ["FCN"]
+__all__ = ["FCNDecoder", "fcn"]
 
 
-class FCN(Segmentor):
+def fcn(
+    *,
+    num_classes: int,
+    pretrained_backbone: str | os.PathLike[str] | None = None,
+    backbone_options: BackboneOptions = BackboneOptions(),
+    head_channels: int = 512,
+    dropout: float = 0.1,
+    aux_layers: Sequence[str] = ("layer3",),
+    align_corners: bool = True,
+) -> Segmentor:
     """FCN: backbone -> conv3x3 (C4 -> 512) + norm + ReLU + Dropout2d(0.1) + conv1x1 -> K on layer4.
 
     Args:
         num_classes: number of classes K.
-        backbone: backbone name, e.g. ``"resnet101"``.
         pretrained_backbone: local weights file for the backbone, or None.
-        norm_layer: normalisation class used everywhere.
-        backbone_width: base width of the backbone (64 = standard).
-        output_stride: 8, 16 or 32.
-        stem: ``"classic"`` or ``"deep"``.
-        multi_grid: layer4 multi-grid factors, or None.
-        dilate_first_block: see :class:`nlseg.models.base.Segmentor`.
+        backbone_options: the backbone and the norm of every part (classic stem, no multi-grid by default).
         head_channels: hidden width of the head (512).
         dropout: Dropout2d rate of the head.
         aux_layers: stages with an auxiliary head: ANN ("layer3",); Denoised NL ("layer2", "layer3").
         align_corners: of the bilinear resizes.
-        grad_checkpointing: recompute backbone activations in the backward pass.
+    """
+    norm_layer = backbone_options.norm_layer
+    backbone = backbone_options.build(pretrained_backbone)
+    aux_heads = build_aux_heads(
+        backbone.stage_channels, aux_layers, head_channels=head_channels, num_classes=num_classes, norm_layer=norm_layer
+    )
+    head = SegHead(backbone.out_channels, head_channels, num_classes, dropout=dropout, norm_layer=norm_layer)
+    return Segmentor(backbone, FCNDecoder(head), aux_heads, num_classes=num_classes, align_corners=align_corners)
+
+
+class FCNDecoder(nn.Module):
+    """The FCN decoder: ``head`` on the last stage's map.
+
+    Args:
+        head: (B, C4, h, w) -> (B, K, h, w), a :class:`~nlseg.models.base.SegHead`.
     """
 
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        backbone: str = "resnet101",
-        pretrained_backbone: str | os.PathLike[str] | None = None,
-        norm_layer: type[nn.Module] = nn.BatchNorm2d,
-        backbone_width: int = 64,
-        output_stride: int = 8,
-        stem: str = "classic",
-        multi_grid: tuple[int, ...] | None = None,
-        dilate_first_block: bool = False,
-        head_channels: int = 512,
-        dropout: float = 0.1,
-        aux_layers: Sequence[str] = ("layer3",),
-        align_corners: bool = True,
-        grad_checkpointing: bool = False,
-    ) -> None:
-        super().__init__(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained_backbone=pretrained_backbone,
-            norm_layer=norm_layer,
-            backbone_width=backbone_width,
-            output_stride=output_stride,
-            stem=stem,
-            multi_grid=multi_grid,
-            dilate_first_block=dilate_first_block,
-            head_channels=head_channels,
-            aux_layers=aux_layers,
-            align_corners=align_corners,
-            grad_checkpointing=grad_checkpointing,
-        )
-        self.head = SegHead(
-            self.backbone.out_channels, head_channels, num_classes, dropout=dropout, norm_layer=norm_layer
-        )
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
 
-    def decode(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor], aux: dict[str, Tensor]) -> Tensor:
+        """Logits (B, K, H/8, W/8) from layer4 (B, C4, H/8, W/8); ``aux`` is not read."""
         return self.head(features["layer4"])
-
-
-ANN_INPUT = (1024, 2048)  # ANN Table 2: whole 2048x1024 Cityscapes images
-
-register_model("fcn_r18", paper="demo size (no paper row): the FCN baseline on ResNet-18", input_size=ANN_INPUT)(
-    functools.partial(FCN, backbone="resnet18")
-)
-register_model(
-    "fcn_r50",
-    paper="ANN Table 6 Baseline with ResNet-50 (the paper reports ResNet-101 only)",
-    input_size=ANN_INPUT,
-)(functools.partial(FCN, backbone="resnet50"))
-register_model("fcn_r101", paper="ANN Table 6: Baseline (R-101)", miou=75.8, input_size=ANN_INPUT)(
-    functools.partial(FCN, backbone="resnet101")
-)

@@ -1,81 +1,58 @@
-"""The one registry of segmentation models: ``register_model``, ``create_model``, ``list_models``, ``model_info``.
+"""The one registry of segmentation models: ``create_model``, ``list_models``, ``model_info``, ``register_model``.
 
-A registered builder is any callable returning an ``nn.Module`` whose options are explicit keyword-only
-parameters (``functools.partial`` of a model class with its structure bound positionally is the usual
-form). ``create_model`` accepts exactly those options and names any other it is given.
+The registry is the model table :data:`nlseg.models.zoo.ZOO`: a model is registered by its
+:class:`~nlseg.models.zoo.ZooEntry`, whose builder is any callable returning an ``nn.Module`` with its
+options as explicit keyword-only parameters. A builder's ``backbone_options``
+(:class:`~nlseg.models.base.BackboneOptions`) is offered field by field (``backbone``, ``stem``, ...), so a
+backbone option added there is an option of every model. ``create_model`` accepts exactly these options and
+names any other it is given.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from torch import nn
 
-__all__ = ["create_model", "list_models", "model_info", "model_options", "register_model"]
+from nlseg.models.base import BackboneOptions
+from nlseg.models.zoo import ZOO, ZooEntry, zoo_entry
 
-Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+__all__ = ["create_model", "list_models", "model_info", "model_options", "register_model"]
 
 REQUIRED = ("num_classes", "pretrained_backbone")
 """Keyword arguments every builder takes; they are arguments of ``create_model`` rather than options."""
+BACKBONE = "backbone_options"
+"""The builder parameter (a :class:`~nlseg.models.base.BackboneOptions`) whose fields are options."""
 
 
-@dataclass(frozen=True)
-class _Entry:
-    builder: Callable[..., nn.Module]
-    paper: str
-    miou: float | None
-    input_size: tuple[int, int]
+def check_builder(entry: ZooEntry) -> None:
+    """Raise ``TypeError`` if ``entry``'s builder swallows ``*args``/``**kwargs`` or lacks :data:`REQUIRED`."""
+    params = inspect.signature(entry.builder).parameters
+    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
+        raise TypeError(f"builder of {entry.name!r} takes *args/**kwargs; models need explicit options so typos fail")
+    missing = [arg for arg in REQUIRED if arg not in params]
+    if missing:
+        raise TypeError(f"builder of {entry.name!r} lacks the keyword argument(s) {missing}")
 
 
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register_model(
-    name: str, *, paper: str, miou: float | None = None, input_size: tuple[int, int] = (1024, 2048)
-) -> Callable[[Builder], Builder]:
-    """Decorator registering a model builder under ``name``.
-
-    Args:
-        name: the model's name, e.g. ``"denoised_nl_r101"``.
-        paper: the paper table row the model reproduces, in words.
-        miou: that row's mIoU (%), or None when the paper has no such row.
-        input_size: (H, W) of the image the paper measures the network at (FLOPs, parameters, memory).
+def register_model(entry: ZooEntry) -> ZooEntry:
+    """Add ``entry`` to the model table.
 
     Raises:
-        ValueError: ``name`` is already registered.
-        TypeError: the builder lacks ``num_classes`` / ``pretrained_backbone`` or takes ``**kwargs``.
+        ValueError: its name is already registered.
+        TypeError: its builder lacks ``num_classes`` / ``pretrained_backbone`` or takes ``**kwargs``.
     """
-
-    def register(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered; registered models: {list_models()}")
-        params = inspect.signature(builder).parameters
-        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-            raise TypeError(f"builder of {name!r} takes *args/**kwargs; models need explicit options so typos fail")
-        missing = [arg for arg in REQUIRED if arg not in params]
-        if missing:
-            raise TypeError(f"builder of {name!r} lacks the keyword argument(s) {missing}")
-        _REGISTRY[name] = _Entry(builder, paper, miou, input_size)
-        return builder
-
-    return register
+    if entry.name in ZOO:
+        raise ValueError(f"model {entry.name!r} is already registered; registered models: {list_models()}")
+    check_builder(entry)
+    ZOO[entry.name] = entry
+    return entry
 
 
 def list_models() -> list[str]:
     """Registered model names, in registration order (family by family, in the papers' table order)."""
-    return list(_REGISTRY)
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; registered models: {list_models()}")
-    return _REGISTRY[name]
+    return list(ZOO)
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -84,8 +61,13 @@ def model_options(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name.
     """
-    params = inspect.signature(_entry(name).builder).parameters
-    return {n: p.default for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in REQUIRED}
+    options: dict[str, Any] = {}
+    for n, p in inspect.signature(zoo_entry(name).builder).parameters.items():
+        if n == BACKBONE and isinstance(p.default, BackboneOptions):
+            options |= p.default.options()
+        elif p.kind is p.KEYWORD_ONLY and n not in REQUIRED:
+            options[n] = p.default
+    return options
 
 
 def model_info(name: str) -> dict[str, Any]:
@@ -94,12 +76,13 @@ def model_info(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name.
     """
-    entry = _entry(name)
+    entry = zoo_entry(name)
     return {
         "name": name,
-        "paper": entry.paper,
+        "paper": entry.description,
         "miou": entry.miou,
         "input_size": entry.input_size,
+        "block": entry.block,
         "options": model_options(name),
     }
 
@@ -122,9 +105,18 @@ def create_model(
         ValueError: unknown name (the message lists the registered ones and the closest match).
         TypeError: an option the model does not accept (the message lists the accepted ones).
     """
-    entry = _entry(name)
+    entry = zoo_entry(name)
     accepted = model_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"model {name!r} got unknown option(s) {unknown}; it accepts {list(accepted)}")
+    backbone = inspect.signature(entry.builder).parameters.get(BACKBONE)
+    if backbone is not None and isinstance(backbone.default, BackboneOptions):
+        fields = backbone.default.options()
+        changes = {key: options.pop(key) for key in list(options) if key in fields}
+        options[BACKBONE] = backbone.default.replace(**changes)
     return entry.builder(num_classes=num_classes, pretrained_backbone=pretrained_backbone, **options)
+
+
+for _entry in ZOO.values():
+    check_builder(_entry)

@@ -1,0 +1,205 @@
+"""The model table ("zoo"): every registered model, the paper row it reproduces and that row's figures.
+
+This is the one place that holds the papers' numbers for models: mIoU on Cityscapes val (ANN Table 6;
+Denoised NL Tables II-IV), ANN Table 2's parameters / memory / time of the full network, and Denoised NL
+Table V's deltas over its Baseline. The registry (``nlseg.models.create_model``, ``model_info``),
+``benchmarks/model_table.py``, the benchmarks of ``nlseg.analysis`` and ``docs/models.md`` read it.
+Block-level tables (ANN Table 1) are not models and live with the benchmarks.
+
+A :class:`ZooVariant` is a paper row reached by a registered model with options (Table II's GR-only
+and LR-only rows, the released variants), so it needs no name of its own.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from nlseg.models.ann import ANN_BACKBONE, ann
+from nlseg.models.base import BackboneOptions
+from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
+from nlseg.models.fcn import fcn
+
+__all__ = ["ANN_INPUT", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
+
+ANN_INPUT: tuple[int, int] = (1024, 2048)
+"""(H, W) at which ANN measures its networks (Table 2: whole 2048 x 1024 Cityscapes images)."""
+DNL_INPUT: tuple[int, int] = (768, 768)
+"""(H, W) at which the Denoised NL paper measures its networks (Table V: 1 x 3 x 768 x 768)."""
+
+DNL_BASELINE_AS_FCN: Mapping[str, Any] = MappingProxyType(
+    dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
+)
+"""FCN options that give the Denoised NL tables' backbone and auxiliary heads (see docs/models.md)."""
+
+
+@dataclass(frozen=True)
+class ZooVariant:
+    """A paper row reproduced by a registered model with ``options``.
+
+    Args:
+        row: the row, in words, e.g. "Denoised NL Table II: GR only (R-101)".
+        options: the ``create_model`` options that give it.
+        miou: its mIoU (%) on Cityscapes val, or None when the paper reports none.
+        input_size: (H, W) the paper measures it at, when not the entry's.
+    """
+
+    row: str
+    options: Mapping[str, Any]
+    miou: float | None = None
+    input_size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One registered model and the paper row it reproduces.
+
+    Args:
+        name: the model's name, e.g. ``"denoised_nl_r101"``.
+        builder: builds the model; its options are explicit keyword-only parameters and it takes
+            ``num_classes`` and ``pretrained_backbone``.
+        paper: which paper: "ANN" (Zhu et al., ICCV 2019), "Denoised NL" (Song et al., TNNLS 2023), or
+            "demo" for the small networks no paper reports.
+        table: the paper's table(s), e.g. "6" or "II-IV"; "" for demo networks.
+        row: the row within the table, e.g. "+ AFNB + APNB (Full) (R-101)".
+        input_size: (H, W) of the image the paper measures the network at.
+        miou: the row's mIoU (%) on Cityscapes val, or None when the paper reports none.
+        params_m: the paper's parameter count (millions) of the whole network (ANN Table 2).
+        gflops: the paper's GFLOPs of the whole network.
+        memory_mb: the paper's GPU memory (MB) of the whole network at inference (ANN Table 2).
+        inference_s: the paper's inference time (s) per image (ANN Table 2, one Titan Xp).
+        block: the ``create_block`` name of the model's context block (ANN: the block after the fusion);
+            None for the baselines.
+        table5_gflops: Denoised NL Table V: GFLOPs the block adds to the Baseline at 768 x 768.
+        table5_memory_mb: Denoised NL Table V: GPU memory (MB) the block adds to the Baseline.
+        variants: further paper rows reached with options.
+    """
+
+    name: str
+    builder: Callable[..., nn.Module]
+    paper: str
+    table: str
+    row: str
+    input_size: tuple[int, int]
+    miou: float | None = None
+    params_m: float | None = None
+    gflops: float | None = None
+    memory_mb: float | None = None
+    inference_s: float | None = None
+    block: str | None = None
+    table5_gflops: float | None = None
+    table5_memory_mb: float | None = None
+    variants: tuple[ZooVariant, ...] = field(default=())
+
+    @property
+    def description(self) -> str:
+        """The paper row in words, e.g. "ANN Table 6: + AFNB + APNB (Full) (R-101)"."""
+        if not self.table:
+            return f"{self.paper}: {self.row}"
+        plural = "Tables" if "-" in self.table else "Table"
+        return f"{self.paper} {plural} {self.table}: {self.row}"
+
+
+def _on(options: BackboneOptions, depth: int, **changes: Any) -> BackboneOptions:
+    """A row's backbone: a family's backbone options with ResNet-``depth`` and ``changes``."""
+    return options.replace(backbone=f"resnet{depth}", **changes)
+
+
+def _entries() -> list[ZooEntry]:
+    classic = BackboneOptions()
+    small_grid = dict(multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
+    entries = [
+        ZooEntry("fcn_r18", functools.partial(fcn, backbone_options=_on(classic, 18)), "demo", "",
+                 "the FCN baseline on ResNet-18 (no paper row)", ANN_INPUT),
+        ZooEntry("fcn_r50", functools.partial(fcn, backbone_options=_on(classic, 50)), "ANN", "6",
+                 "Baseline, with ResNet-50 (the paper reports ResNet-101 only)", ANN_INPUT,
+                 variants=(ZooVariant("Denoised NL Baseline (R-50) read as an FCN", DNL_BASELINE_AS_FCN, 76.7, DNL_INPUT),)),
+        ZooEntry("fcn_r101", functools.partial(fcn, backbone_options=_on(classic, 101)), "ANN", "6", "Baseline (R-101)",
+                 ANN_INPUT, miou=75.8,
+                 variants=(ZooVariant("Denoised NL Baseline (R-101) read as an FCN", DNL_BASELINE_AS_FCN, 77.9, DNL_INPUT),)),
+    ]
+    # ANN Table 6: name, fusion, context, row, mIoU (ResNet-101, Cityscapes val)
+    table6 = (
+        ("ann_nb", None, "nb", "+ NB", 78.4),
+        ("ann_apnb", None, "apnb", "+ APNB", 78.6),
+        ("ann_common_fusion", "common_fusion", None, "+ Common fusion", 76.5),
+        ("ann_fnb", "fnb", None, "+ FNB", 77.3),
+        ("ann_afnb", "afnb", None, "+ AFNB", 77.1),
+        ("ann_common_fusion_nb", "common_fusion", "nb", "+ Common fusion + NB", 79.0),
+        ("ann_fnb_nb", "fnb", "nb", "+ FNB + NB", 79.7),
+        ("ann", "afnb", "apnb", "+ AFNB + APNB (Full)", 79.9),
+    )
+    for name, fusion, context, row, miou in table6:
+        entries.append(ZooEntry(
+            f"{name}_r50", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 50)), "ANN", "6",
+            f"{row}, with ResNet-50 (the paper reports ResNet-101 only)", ANN_INPUT, block=context))
+        full = name == "ann"
+        entries.append(ZooEntry(
+            f"{name}_r101", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 101)), "ANN", "6",
+            f"{row} (R-101)", ANN_INPUT, miou=miou, block=context,
+            params_m=63.17 if full else None, memory_mb=3375 if full else None, inference_s=0.611 if full else None,
+            variants=(ZooVariant("ANN released code: deep-stem ResNet-101", {"stem": "deep"}),) if full else ()))
+    entries += [
+        ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)),
+                 "demo", "", "Denoised NL on ResNet-18 (no paper row)", DNL_INPUT, block="denoised_nl"),
+        ZooEntry("dnl_baseline_r18",
+                 functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)), "demo", "",
+                 "the Denoised NL pipeline without a block, ResNet-18 (no paper row)", DNL_INPUT),
+    ]
+    # Denoised NL Table II: depth, GR + LR, GR only, LR only (Cityscapes val)
+    for depth, full, gr_only, lr_only in ((50, 82.0, 81.2, 81.4), (101, 83.5, 82.3, 82.5)):
+        variants = [
+            ZooVariant(f"Denoised NL Table II: GR only (R-{depth})", {"retain": False}, gr_only),
+            ZooVariant(f"Denoised NL Table II: LR only (R-{depth})", {"rectify": False}, lr_only),
+        ]
+        if depth == 101:
+            variants.append(ZooVariant("Denoised NL released model (no global context)", {"global_context": False}))
+        entries.append(ZooEntry(
+            f"denoised_nl_r{depth}", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, depth)), "Denoised NL",
+            "II-IV", f"+Denoised NL, GR + LR (R-{depth})", DNL_INPUT, miou=full, block="denoised_nl",
+            table5_gflops=7.83 if depth == 101 else None, table5_memory_mb=428 if depth == 101 else None,
+            variants=tuple(variants)))
+    for depth, miou in ((50, 76.7), (101, 77.9)):
+        entries.append(ZooEntry(
+            f"dnl_baseline_r{depth}", functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
+            "Denoised NL", "II-V", f"Baseline (R-{depth}), the pipeline without a block", DNL_INPUT, miou=miou))
+    # Denoised NL Tables III-V: block, table, row, (R-50, R-101) mIoU, Table V (R-101): GFLOPs, memory (MB)
+    comparisons = (
+        ("nl", "IV", "+NL", (79.5, 80.6), (7.63, 407)),
+        ("ocnet", "IV", "+OCNet", (80.3, 81.3), None),
+        ("ccnet", "IV", "+CCNet", (79.9, 81.1), (1.77, 52)),
+        ("danet", "IV", "+DANet", (80.3, 81.2), (10.04, 570)),
+        ("dranet", "IV", "+DRANet*", (80.2, 81.1), (0.76, 30)),
+        ("ppm", "III", "+PPM", (77.6, 79.0), None),
+        ("aspp", "III", "+ASPP", (77.9, 79.2), None),
+    )
+    for block, table, row, mious, table5 in comparisons:
+        for depth, miou in zip((50, 101), mious, strict=True):
+            delta = table5 if depth == 101 and table5 is not None else (None, None)
+            entries.append(ZooEntry(
+                f"{block}_r{depth}", functools.partial(denoised_nl_pipeline, block, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
+                "Denoised NL", table, f"{row} (R-{depth}), in the Denoised NL pipeline at 1/16", DNL_INPUT,
+                miou=miou, block=block, table5_gflops=delta[0], table5_memory_mb=delta[1]))
+    return entries
+
+
+ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _entries()}
+"""Every model by name, in registration order (family by family, in the papers' table order)."""
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    """The zoo entry of ``name``.
+
+    Raises:
+        ValueError: unknown name (the message gives the closest match and lists every name).
+    """
+    if name not in ZOO:
+        close = difflib.get_close_matches(name, ZOO, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; registered models: {list(ZOO)}")
+    return ZOO[name]
