@@ -64,8 +64,12 @@ def ann(
         raise ValueError(f"ANN: unknown context {context!r}; expected one of {CONTEXTS} or None")
     norm_layer = backbone_options.norm_layer
     backbone = backbone_options.build(pretrained_backbone)
-    aux_heads = build_aux_heads(
-        backbone.stage_channels, ("layer3",), head_channels=head_channels, num_classes=num_classes, norm_layer=norm_layer
+    aux_heads = build_aux_heads(  # ANN's Stage4 head
+        backbone.stage_channels,
+        ("layer3",),
+        head_channels=head_channels,
+        num_classes=num_classes,
+        norm_layer=norm_layer,
     )
     low, high = backbone.stage_channels["layer3"], backbone.stage_channels["layer4"]
     attention = dict(key_channels=key_channels, value_channels=value_channels, dropout=dropout)
@@ -75,7 +79,9 @@ def ann(
     elif fusion is not None:  # AFNB / FNB: out_channels = high
         fusion_block = create_block(fusion, high, low_channels=low, norm_layer=norm_layer, **attention)
     reduce = ConvNormAct(high, head_channels, 3, norm_layer=norm_layer)
-    context_block = None if context is None else create_block(context, head_channels, norm_layer=norm_layer, **attention)
+    context_block = None
+    if context is not None:  # APNB / NB on the reduced map
+        context_block = create_block(context, head_channels, norm_layer=norm_layer, **attention)
     decoder = ANNDecoder(
         fusion_block,
         reduce,

@@ -41,7 +41,11 @@ def fcn(
     norm_layer = backbone_options.norm_layer
     backbone = backbone_options.build(pretrained_backbone)
     aux_heads = build_aux_heads(
-        backbone.stage_channels, aux_layers, head_channels=head_channels, num_classes=num_classes, norm_layer=norm_layer
+        backbone.stage_channels,
+        aux_layers,
+        head_channels=head_channels,
+        num_classes=num_classes,
+        norm_layer=norm_layer,
     )
     head = SegHead(backbone.out_channels, head_channels, num_classes, dropout=dropout, norm_layer=norm_layer)
     return Segmentor(backbone, FCNDecoder(head), aux_heads, num_classes=num_classes, align_corners=align_corners)

@@ -61,8 +61,9 @@ class ZooEntry:
 
     Args:
         name: the model's name, e.g. ``"denoised_nl_r101"``.
-        builder: builds the model; its options are explicit keyword-only parameters and it takes
-            ``num_classes`` and ``pretrained_backbone``.
+        builder: builds the model (a family builder such as :func:`~nlseg.models.fcn.fcn` with the row's
+            arguments bound); its options are explicit keyword-only parameters, its ``backbone_options``
+            default offers the backbone's fields, and it takes ``num_classes`` and ``pretrained_backbone``.
         paper: which paper: "ANN" (Zhu et al., ICCV 2019), "Denoised NL" (Song et al., TNNLS 2023), or
             "demo" for the small networks no paper reports.
         table: the paper's table(s), e.g. "6" or "II-IV"; "" for demo networks.
@@ -112,7 +113,6 @@ def _on(options: BackboneOptions, depth: int, **changes: Any) -> BackboneOptions
 
 def _entries() -> list[ZooEntry]:
     classic = BackboneOptions()
-    small_grid = dict(multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
     entries = [
         ZooEntry("fcn_r18", functools.partial(fcn, backbone_options=_on(classic, 18)), "demo", "",
                  "the FCN baseline on ResNet-18 (no paper row)", ANN_INPUT),
@@ -135,20 +135,21 @@ def _entries() -> list[ZooEntry]:
         ("ann", "afnb", "apnb", "+ AFNB + APNB (Full)", 79.9),
     )
     for name, fusion, context, row, miou in table6:
+        r50, r101 = (functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, d)) for d in (50, 101))
         entries.append(ZooEntry(
-            f"{name}_r50", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 50)), "ANN", "6",
+            f"{name}_r50", r50, "ANN", "6",
             f"{row}, with ResNet-50 (the paper reports ResNet-101 only)", ANN_INPUT, block=context))
         full = name == "ann"
         entries.append(ZooEntry(
-            f"{name}_r101", functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, 101)), "ANN", "6",
+            f"{name}_r101", r101, "ANN", "6",
             f"{row} (R-101)", ANN_INPUT, miou=miou, block=context,
             params_m=63.17 if full else None, memory_mb=3375 if full else None, inference_s=0.611 if full else None,
             variants=(ZooVariant("ANN released code: deep-stem ResNet-101", {"stem": "deep"}),) if full else ()))
+    r18 = _on(DENOISED_NL_BACKBONE, 18, multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
     entries += [
-        ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)),
-                 "demo", "", "Denoised NL on ResNet-18 (no paper row)", DNL_INPUT, block="denoised_nl"),
-        ZooEntry("dnl_baseline_r18",
-                 functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, 18, **small_grid)), "demo", "",
+        ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=r18), "demo", "",
+                 "Denoised NL on ResNet-18 (no paper row)", DNL_INPUT, block="denoised_nl"),
+        ZooEntry("dnl_baseline_r18", functools.partial(denoised_nl_pipeline, None, backbone_options=r18), "demo", "",
                  "the Denoised NL pipeline without a block, ResNet-18 (no paper row)", DNL_INPUT),
     ]
     # Denoised NL Table II: depth, GR + LR, GR only, LR only (Cityscapes val)
@@ -159,14 +160,16 @@ def _entries() -> list[ZooEntry]:
         ]
         if depth == 101:
             variants.append(ZooVariant("Denoised NL released model (no global context)", {"global_context": False}))
+        backbone = _on(DENOISED_NL_BACKBONE, depth)
         entries.append(ZooEntry(
-            f"denoised_nl_r{depth}", functools.partial(denoised_nl, backbone_options=_on(DENOISED_NL_BACKBONE, depth)), "Denoised NL",
+            f"denoised_nl_r{depth}", functools.partial(denoised_nl, backbone_options=backbone), "Denoised NL",
             "II-IV", f"+Denoised NL, GR + LR (R-{depth})", DNL_INPUT, miou=full, block="denoised_nl",
             table5_gflops=7.83 if depth == 101 else None, table5_memory_mb=428 if depth == 101 else None,
             variants=tuple(variants)))
     for depth, miou in ((50, 76.7), (101, 77.9)):
+        backbone = _on(DENOISED_NL_BACKBONE, depth)
         entries.append(ZooEntry(
-            f"dnl_baseline_r{depth}", functools.partial(denoised_nl_pipeline, None, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
+            f"dnl_baseline_r{depth}", functools.partial(denoised_nl_pipeline, None, backbone_options=backbone),
             "Denoised NL", "II-V", f"Baseline (R-{depth}), the pipeline without a block", DNL_INPUT, miou=miou))
     # Denoised NL Tables III-V: block, table, row, (R-50, R-101) mIoU, Table V (R-101): GFLOPs, memory (MB)
     comparisons = (
@@ -181,8 +184,9 @@ def _entries() -> list[ZooEntry]:
     for block, table, row, mious, table5 in comparisons:
         for depth, miou in zip((50, 101), mious, strict=True):
             delta = table5 if depth == 101 and table5 is not None else (None, None)
+            backbone = _on(DENOISED_NL_BACKBONE, depth)
             entries.append(ZooEntry(
-                f"{block}_r{depth}", functools.partial(denoised_nl_pipeline, block, backbone_options=_on(DENOISED_NL_BACKBONE, depth)),
+                f"{block}_r{depth}", functools.partial(denoised_nl_pipeline, block, backbone_options=backbone),
                 "Denoised NL", table, f"{row} (R-{depth}), in the Denoised NL pipeline at 1/16", DNL_INPUT,
                 miou=miou, block=block, table5_gflops=delta[0], table5_memory_mb=delta[1]))
     return entries
