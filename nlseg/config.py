@@ -45,6 +45,8 @@ class ModelConfig:
     """Local file of ImageNet backbone weights (.pth / .pt / .safetensors)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the model builder (validated by ``create_model``)."""
+    init_from: str | None = None
+    """An nlseg checkpoint whose model weights start a new run; the optimizer and iteration start fresh."""
 
 
 @dataclass
@@ -110,6 +112,8 @@ class TrainConfig:
     log_interval: int = 20
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
+    tensorboard: bool = False
+    """Write TensorBoard events to <run dir>/tb; needs ``pip install "nlseg[tb]"``."""
 
 
 @dataclass
