@@ -30,11 +30,11 @@ def test_defaults_square_crop_and_yaml_floats(recipe):
 
 
 def test_required_override_keys(recipe):
-    cfg = load_config(recipe, REQUIRED_KEYS + ["model.options.rectify=false"])
+    cfg = load_config(recipe, REQUIRED_KEYS + ["model.options.align_corners=false"])
     assert (cfg.model.name, cfg.data.root, cfg.data.crop_size) == ("fcn_r50", "/data", [64, 96])
     assert (cfg.train.iters, cfg.train.batch_size, cfg.train.lr) == (7, 2, 0.5)
     assert (cfg.train.seed, cfg.train.checkpoint_interval) == (3, 5)
-    assert cfg.model.options == {"rectify": False}
+    assert cfg.model.options == {"align_corners": False}
 
 
 @pytest.mark.parametrize(
@@ -71,7 +71,7 @@ def test_file_errors_name_the_file(tmp_path):
 
 
 def test_round_trip_through_dict(recipe):
-    cfg = load_config(recipe, ["model.options.key_channels=8"])
+    cfg = load_config(recipe, ["model.options.head_channels=8"])
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
