@@ -399,14 +399,17 @@ def _dataset_options(cfg: Config) -> str | None:
     return None
 
 
-@_check("data.train_split", "data.val_split", rule="splits of the data set class (its `splits`)")
-def _splits(cfg: Config) -> str | None:
-    splits = getattr(_dataset_class(cfg), "splits", ())
-    for key in ("train_split", "val_split"):
-        value = getattr(cfg.data, key)
+def _split_check(key: str) -> None:
+    @_check(f"data.{key}", rule="a split of the data set class (its `splits`)")
+    def _split(cfg: Config) -> str | None:
+        splits, value = getattr(_dataset_class(cfg), "splits", ()), getattr(cfg.data, key)
         if splits and value not in splits:
             return f"data.{key} must be a split of {cfg.data.dataset} ({', '.join(splits)}), got {value!r}"
-    return None
+        return None
+
+
+_split_check("train_split")
+_split_check("val_split")
 
 
 @_check("train.batch_size", "train.grad_accum", rule="batch_size a multiple of grad_accum")
@@ -478,13 +481,17 @@ def _tensorboard_installed(cfg: Config) -> str | None:
     return None
 
 
-@_check("model.pretrained_backbone", "model.init_from", rule="existing files", purposes=_TRAIN)
-def _weight_files(cfg: Config) -> str | None:
-    for key in ("pretrained_backbone", "init_from"):
+def _file_check(key: str) -> None:
+    @_check(f"model.{key}", rule="an existing file", purposes=_TRAIN)
+    def _weight_file(cfg: Config) -> str | None:
         path = getattr(cfg.model, key)
         if path is not None and not Path(path).expanduser().is_file():
             return f"model.{key} must be an existing file, got {path!r} (no such file)"
-    return None
+        return None
+
+
+_file_check("pretrained_backbone")
+_file_check("init_from")
 
 
 def field_rules(cls: type = Config, prefix: str = "") -> dict[str, str]:
@@ -549,16 +556,20 @@ def _resolve(source: str | os.PathLike) -> Path:
 
 @dataclass
 class _Origin:
-    """Where a key's value came from: the file, or ``--set`` for the keys an override touched."""
+    """Where the values of some keys came from: ``--set`` when an override set each of them (or a section
+    holding it), the file when none was touched, ``<file> with --set`` when both had a part."""
 
     source: str
     overridden: set[str] = field(default_factory=set)
 
     def __call__(self, *keys: str) -> str:
-        touched = [any(k == o or k.startswith(o + ".") or o.startswith(k + ".") for o in self.overridden) for k in keys]
-        if all(touched):
+        if not self.overridden:
+            return self.source
+        whole = [any(k == o or k.startswith(o + ".") for o in self.overridden) for k in keys]
+        part = [any(o.startswith(k + ".") for o in self.overridden) for k in keys]
+        if all(whole):
             return "--set"
-        return f"{self.source} with --set" if any(touched) else self.source
+        return f"{self.source} with --set" if any(whole) or any(part) else self.source
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
