@@ -269,9 +269,14 @@ class Config:
 # --- the rules that relate fields, or a field to the registries or this machine -------------------------
 
 Purpose = Literal["any", "eval", "train"]
-"""What a loaded recipe is for: ``any`` (recipe rules only: also for a config read back from a checkpoint
-on another machine), ``eval`` (also: the data set is on this machine) or ``train`` (also: the device,
-TensorBoard and the weight files the run starts from)."""
+"""What a loaded recipe is for, which decides the :data:`CHECKS` that apply (every field's own rule always does):
+
+* ``any``: reading a recipe, or a config saved in a checkpoint on another machine; predict and viz, whose
+  model comes from the checkpoint. The data set's name, options and splits; the eval settings.
+* ``eval``: also the data set's folder on this machine.
+* ``train``: also the model (name, options, one loss weight per auxiliary head), the batch, and this
+  machine: the device, TensorBoard, the weight files the run starts from.
+"""
 
 
 @dataclass(frozen=True)
@@ -303,7 +308,7 @@ def _hint(value: str, known: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-@_check("model.name", rule="a registered model (nlseg list models)")
+@_check("model.name", rule="a registered model (nlseg list models)", purposes=_TRAIN)
 def _model_name(cfg: Config) -> str | None:
     from nlseg.models import list_models
 
@@ -313,7 +318,7 @@ def _model_name(cfg: Config) -> str | None:
     return None
 
 
-@_check("model.options", rule="options of that model's builder (nlseg.models.model_options)")
+@_check("model.options", rule="options of that model's builder (nlseg.models.model_options)", purposes=_TRAIN)
 def _model_option_names(cfg: Config) -> str | None:
     from nlseg.models import model_options
 
@@ -341,7 +346,7 @@ def _aux_heads_of(cfg: Config) -> int:
     return _aux_heads(cfg.model.name, json.dumps(cfg.model.options, sort_keys=True))
 
 
-@_check("model.options", rule="values the model's builder accepts (the model is built on the meta device)")
+@_check("model.options", rule="values the model's builder accepts (the model is built on the meta device)", purposes=_TRAIN)
 def _model_option_values(cfg: Config) -> str | None:
     try:
         _aux_heads_of(cfg)
@@ -350,7 +355,9 @@ def _model_option_values(cfg: Config) -> str | None:
     return None
 
 
-@_check("loss.aux_weights", "model.name", "model.options", rule="one weight per auxiliary head of the model")
+@_check(
+    "loss.aux_weights", "model.name", "model.options", rule="one weight per auxiliary head of the model", purposes=_TRAIN
+)
 def _aux_weights(cfg: Config) -> str | None:
     heads = _aux_heads_of(cfg)
     if len(cfg.loss.aux_weights) != heads:
@@ -412,7 +419,7 @@ _split_check("train_split")
 _split_check("val_split")
 
 
-@_check("train.batch_size", "train.grad_accum", rule="batch_size a multiple of grad_accum")
+@_check("train.batch_size", "train.grad_accum", rule="batch_size a multiple of grad_accum", purposes=_TRAIN)
 def _batch_divides(cfg: Config) -> str | None:
     if cfg.train.batch_size % cfg.train.grad_accum:
         return (f"train.batch_size must be a multiple of train.grad_accum={cfg.train.grad_accum} "

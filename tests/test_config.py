@@ -165,10 +165,18 @@ BAD_VALUES = [
 ]
 
 
+@pytest.fixture
+def generated(monkeypatch):
+    """SyntheticContext says it needs no data.root (the data set class's ``requires_root = False``)."""
+    from nlseg.data import dataset_class
+
+    monkeypatch.setattr(dataset_class("synthetic"), "requires_root", False, raising=False)
+
+
 @pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
-def test_every_bad_value_is_one_line_naming_set_key_value_and_rule(recipe, override, message):
+def test_every_bad_value_is_one_line_naming_set_key_value_and_rule(recipe, generated, override, message):
     with pytest.raises(ConfigError) as info:
-        load_config(recipe, [override])
+        load_config(recipe, [override], purpose="train")
     text = str(info.value)
     assert message in text and "\n" not in text
     assert text.startswith(("--set: ", f"{recipe} with --set: "))
@@ -180,7 +188,7 @@ def test_eval_stride_at_most_the_crop(recipe):
         load_config(recipe, ["eval.mode=slide", "eval.crop_size=8", "eval.stride=[9, 4]"])
 
 
-def test_a_bad_value_in_the_file_names_the_file(tmp_path):
+def test_a_bad_value_in_the_file_names_the_file(tmp_path, generated):
     path = tmp_path / "bad.yaml"
     path.write_text("model: {name: fcn_r18}\neval: {mode: slid}\n")
     with pytest.raises(ConfigError, match=rf"^{path}: eval\.mode must be one of whole, slide, got 'slid'"):
@@ -188,16 +196,29 @@ def test_a_bad_value_in_the_file_names_the_file(tmp_path):
     load_config(path, ["eval.mode=slide", "eval.crop_size=32"])  # an override mends the file
     path.write_text("model: {name: fcn_r18}\nloss: {aux_weights: [1.0, 1.0]}\n")
     with pytest.raises(ConfigError, match=rf"^{path}: loss\.aux_weights must hold 1 weight"):
-        load_config(path)
+        load_config(path, purpose="train")
     with pytest.raises(ConfigError, match=rf"^{path} with --set: loss\.aux_weights must hold 2 weight.*denoised_nl_r18, got \[1\.0\]"):
-        load_config(path, ["model.name=denoised_nl_r18", "loss.aux_weights=[1]"])
+        load_config(path, ["model.name=denoised_nl_r18", "loss.aux_weights=[1]"], purpose="train")
 
 
-def test_from_dict_checks_the_same_rules():
+def test_from_dict_checks_every_field_and_the_rules_of_reading():
     with pytest.raises(ConfigError, match=r"^ckpt: train\.iters must be >= 1, got 0$"):
         Config.from_dict({"train": {"iters": 0}}, source="ckpt")
-    with pytest.raises(ConfigError, match=r"^ckpt: loss\.aux_weights must hold 2 weight"):
-        Config.from_dict({"model": {"name": "denoised_nl_r18"}}, source="ckpt")
+    with pytest.raises(ConfigError, match=r"^ckpt: eval\.crop_size must be set for eval\.mode=slide"):
+        Config.from_dict({"eval": {"mode": "slide"}}, source="ckpt")
+    with pytest.raises(ConfigError, match=r"^ckpt: data\.options\.sizee is not an option of the synthetic data set"):
+        Config.from_dict({"data": {"options": {"sizee": 3}}}, source="ckpt")
+
+
+def test_the_model_rules_apply_to_training(recipe, generated):
+    """predict, eval and viz take the model from the checkpoint: the recipe's model, loss weights and batch
+    matter when it trains."""
+    cases = {"model.name=oracle": "model.name", "loss.aux_weights=[1, 1]": "loss.aux_weights",
+             "train.grad_accum=3": "train.batch_size"}
+    for override, key in cases.items():
+        load_config(recipe, [override], purpose="eval")
+        with pytest.raises(ConfigError, match=rf"(^--set| with --set): {key} "):
+            load_config(recipe, [override], purpose="train")
 
 
 @pytest.mark.parametrize("text, override", [("amp: off", None), ("amp: bf16", "train.amp=off"), ("amp: false", None)])
