@@ -7,7 +7,8 @@ loads, before any data or model is touched:
   ``Annotated[..., Range(...), Length(...), Square(), Ascending(), Pattern(...)]`` for numbers, lists and
   strings (:func:`field_rules` lists them);
 * the rules that relate fields, or a field to nlseg's registries or to this machine, are the table
-  :data:`CHECKS` (one small function each).
+  :data:`CHECKS` (one small function each); which of them apply depends on what the recipe is loaded
+  for (:data:`Purpose`: ``load_config(..., purpose="train")`` checks everything a training run needs).
 
 An error is one :class:`ConfigError` line naming the file (or ``--set``), the key, the value and what is
 allowed; an unknown key also names the closest known key. The recipes ship inside the package
@@ -314,7 +315,8 @@ def _model_name(cfg: Config) -> str | None:
 
     known = list_models()
     if cfg.model.name not in known:
-        return f"model.name must be a registered model (nlseg list models), got {cfg.model.name!r}{_hint(cfg.model.name, known)}"
+        hint = _hint(cfg.model.name, known)
+        return f"model.name must be a registered model (nlseg list models), got {cfg.model.name!r}{hint}"
     return None
 
 
@@ -332,7 +334,7 @@ def _model_option_names(cfg: Config) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _aux_heads(name: str, options_json: str) -> int:
-    """Auxiliary heads of the model, built on the meta device (no memory, no weights); raises what the builder raises."""
+    """Auxiliary heads of the model built on the meta device (no memory, no weights); raises what the builder raises."""
     import torch
 
     from nlseg.models import create_model
@@ -346,7 +348,7 @@ def _aux_heads_of(cfg: Config) -> int:
     return _aux_heads(cfg.model.name, json.dumps(cfg.model.options, sort_keys=True))
 
 
-@_check("model.options", rule="values the model's builder accepts (the model is built on the meta device)", purposes=_TRAIN)
+@_check("model.options", rule="values the model's builder accepts (built on the meta device)", purposes=_TRAIN)
 def _model_option_values(cfg: Config) -> str | None:
     try:
         _aux_heads_of(cfg)
@@ -355,9 +357,7 @@ def _model_option_values(cfg: Config) -> str | None:
     return None
 
 
-@_check(
-    "loss.aux_weights", "model.name", "model.options", rule="one weight per auxiliary head of the model", purposes=_TRAIN
-)
+@_check("loss.aux_weights", "model.name", "model.options", rule="one weight per auxiliary head", purposes=_TRAIN)
 def _aux_weights(cfg: Config) -> str | None:
     heads = _aux_heads_of(cfg)
     if len(cfg.loss.aux_weights) != heads:
@@ -398,8 +398,8 @@ def _dataset_options(cfg: Config) -> str | None:
     for section in ("options", "eval_options"):
         for key in getattr(cfg.data, section):
             if key not in params:
-                return (f"data.{section}.{key} is not an option of the {cfg.data.dataset} data set{_hint(key, list(params))}; "
-                        f"its options: {', '.join(params) or 'none'}")
+                return (f"data.{section}.{key} is not an option of the {cfg.data.dataset} data set"
+                        f"{_hint(key, list(params))}; its options: {', '.join(params) or 'none'}")
     for name, p in params.items():
         if p.default is p.empty and name not in cfg.data.options:
             return f"data.options.{name} is required by the {cfg.data.dataset} data set and is not set"
@@ -438,7 +438,8 @@ def _slide_crop(cfg: Config) -> str | None:
 def _stride_within_crop(cfg: Config) -> str | None:
     stride, crop = cfg.eval.stride, cfg.eval.crop_size
     if stride is not None and crop is not None and (stride[0] > crop[0] or stride[1] > crop[1]):
-        return f"eval.stride must be at most eval.crop_size={crop} in each dimension (windows would leave gaps), got {stride}"
+        return (f"eval.stride must be at most eval.crop_size={crop} in each dimension (windows would leave gaps), "
+                f"got {stride}")
     return None
 
 
@@ -473,7 +474,8 @@ def _device_present(cfg: Config) -> str | None:
 def _fp16_on_cuda(cfg: Config) -> str | None:
     on_cuda = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and _cuda_count() > 0)
     if cfg.train.amp == "fp16" and not on_cuda:
-        return f"train.amp must be off or bf16 on the CPU (fp16 needs CUDA), got 'fp16' with train.device={cfg.train.device!r}"
+        return (f"train.amp must be off or bf16 on the CPU (fp16 needs CUDA), got 'fp16' with "
+                f"train.device={cfg.train.device!r}")
     return None
 
 
@@ -608,7 +610,8 @@ def _choice(value: Any, choices: tuple[str, ...], key: str, where: str) -> str:
         raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {str(value).lower()} "
                           f"(YAML reads on/yes/true as a boolean; use {' or '.join(others)})")
     if value not in choices:
-        raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}{_hint(str(value), choices)}")
+        hint = _hint(str(value), choices)
+        raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}{hint}")
     return value
 
 
@@ -666,7 +669,8 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
 
 def _build(cls: type, data: Any, *, prefix: str, origin: _Origin):
     if not isinstance(data, dict):
-        raise ConfigError(f"{origin(prefix.rstrip('.'))}: {prefix.rstrip('.') or 'the file'} must be a mapping, got {data!r}")
+        section = prefix.rstrip(".")
+        raise ConfigError(f"{origin(section)}: {section or 'the file'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
