@@ -26,7 +26,7 @@ from torch import nn
 
 from nlseg.analysis.measure import count_flops
 from nlseg.blocks import create_block
-from nlseg.models import ZOO, DenoisedNLPipeline, create_model, list_models
+from nlseg.models import ZOO, DenoisedNLDecoder, create_model, list_models
 
 NUM_CLASSES = 19
 
@@ -99,7 +99,7 @@ def measure_rows(rows: list[Row]) -> list[dict]:
         model = meta_model(row.name, row.options)
         flops = gflop(model, 1, 3, *row.input_size)
         delta = None
-        if isinstance(model, DenoisedNLPipeline):
+        if isinstance(model.decoder, DenoisedNLDecoder):
             base = baseline_gflop(row, cache)
             delta = None if base is None else flops - base
         results.append(
