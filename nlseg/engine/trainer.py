@@ -48,6 +48,7 @@ __all__ = [
     "TrainingDiverged",
     "TrainingInterrupted",
     "build_model",
+    "paper_weights_warning",
     "poly_lr_lambda",
     "save_last",
     "setup",
@@ -376,6 +377,18 @@ def _resume(run: Run) -> None:
     torch.set_rng_state(state["rng"]["torch"].cpu())
 
 
+def paper_weights_warning(cfg: Config) -> str | None:
+    """A warning line for a paper recipe about to train from random weights, else None.
+
+    The papers' numbers start from ImageNet backbones; the embedded synthetic set (the demo) is trained
+    from scratch by design and gets no warning.
+    """
+    if not cfg.paper or cfg.data.dataset == "synthetic" or cfg.model.pretrained_backbone or cfg.model.init_from:
+        return None
+    return (f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; this run "
+            "starts from random weights (--set model.pretrained_backbone=FILE)")
+
+
 def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:
     """Prepare the work dir, data, model, optimizer and logs of a training session.
 
@@ -401,9 +414,8 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     if cfg.model.init_from and not resume:
         _init_from(model, cfg, num_classes)
         log.print(f"model weights from {cfg.model.init_from}")
-    elif cfg.paper and cfg.data.dataset != "synthetic" and not cfg.model.pretrained_backbone and not resume:
-        log.print(f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; "
-                  "this run starts from random weights (--set model.pretrained_backbone=FILE)")
+    elif not resume and (warning := paper_weights_warning(cfg)):
+        log.print(warning)
     if dist_info.enabled and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # PyTorch's SyncBatchNorm is CUDA-only
     elif dist_info.enabled:
