@@ -4,6 +4,7 @@ repeats, train.log, best.pt that never goes backwards, model.init_from, interval
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_resume_refuses_changes_that_make_another_experiment(tmp_path, capsys):
     recipe = write_recipe(tmp_path / "r.yaml", iters=2, checkpoint_interval=1)
     work = tmp_path / "w"
     assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
-    last = (work / "last.pt").read_bytes()
+    last, saved = (work / "last.pt").read_bytes(), (work / "config.yaml").read_text()
     capsys.readouterr()
     assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.lr=1e30", "train.iters=4"]) == 2
     err = capsys.readouterr().err.strip()
@@ -86,6 +87,7 @@ def test_resume_refuses_changes_that_make_another_experiment(tmp_path, capsys):
     # a finished run is continued only by raising train.iters
     assert cli_main(["train", "--work-dir", str(work), "--resume"]) == 2
     assert "--set train.iters=N with N > 2" in capsys.readouterr().err
+    assert (work / "config.yaml").read_text() == saved and (work / "last.pt").read_bytes() == last
     # what may change, does
     assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=3", "data.num_workers=1",
                      "train.log_interval=1", "train.checkpoint_interval=7", "train.device=cpu"]) == 0
@@ -213,6 +215,25 @@ def test_paper_recipe_without_imagenet_weights_warns():
     assert paper_weights_warning(load_config("denoised_nl_r101_cityscapes", ["model.pretrained_backbone=w.pth"])) is None
     assert paper_weights_warning(load_config("denoised_nl_r101_cityscapes", ["model.init_from=w/last.pt"])) is None
     assert paper_weights_warning(load_config("demo")) is None  # trained from scratch on the embedded set by design
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", iters=10, checkpoint_interval=2)
+    work = tmp_path / "w"
+    step = trainer.train_step
+
+    def press_twice(run, it):
+        if it == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(run, it)
+
+    monkeypatch.setattr(trainer, "train_step", press_twice)
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nlseg train: interrupted again by SIGINT; stopped without saving; {work / 'last.pt'} holds iteration 4"
+    ]
+    assert load_checkpoint(work / "last.pt")["iteration"] == 4
 
 
 def test_signal_handlers_are_restored(tmp_path):

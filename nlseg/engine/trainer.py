@@ -244,11 +244,11 @@ class _StopSignals:
             )
         self.signum = signum
 
-    def requested(self, dist_info: DistInfo) -> int | None:
+    def requested(self, dist_info: DistInfo, device: torch.device) -> int | None:
         """The signal that asks to stop, agreed by every process (they must stop at the same iteration)."""
         if not dist_info.enabled:
             return self.signum
-        flag = torch.tensor(self.signum or 0)
+        flag = torch.tensor(self.signum or 0, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag) or None
 
@@ -335,6 +335,10 @@ def _barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
+def _save_config(cfg: Config, work_dir: Path) -> None:
+    write_text_atomic(work_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def _init_from(model: nn.Module, cfg: Config, num_classes: int) -> None:
     """Load ``model.init_from``'s weights into the new model (strict: every tensor, every shape)."""
     path = cfg.model.init_from
@@ -403,8 +407,8 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         if dist_info.is_main:
             start_run(work_dir, overwrite=overwrite)  # refuses, or moves an old run aside
         _barrier(dist_info)
-    if dist_info.is_main:
-        write_text_atomic(work_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if dist_info.is_main:
+            _save_config(cfg, work_dir)
     log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
 
     train_set = build_dataset(cfg, cfg.data.train_split, train=True)
@@ -430,7 +434,8 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     )
     if resume:
         _resume(run)
-        if dist_info.is_main:
+        if dist_info.is_main:  # the resume is accepted: the run's values from now on
+            _save_config(cfg, work_dir)
             keep_metrics_until(log.metrics_path, run.start_iter)  # the iterations after it are redone
         log.print(f"resumed from {run.last_path} at iteration {run.start_iter}")
     if dist_info.enabled:
@@ -580,7 +585,7 @@ def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
                     )
                 if run.val_set is not None and (_due(iteration, tcfg.eval_interval) or final):
                     metrics = validate(run, iteration)
-                signum = stop.requested(run.dist_info)
+                signum = stop.requested(run.dist_info, run.device)
                 if _due(iteration, tcfg.checkpoint_interval) or final or signum:
                     save_last(run, iteration)
                     stop.saved_iteration = iteration
