@@ -11,7 +11,7 @@ from PIL import Image
 from nlseg.config import load_config
 from nlseg.data.build import build_dataset
 from nlseg.data.synthetic import _DISC_RADIUS, BEACON_A, BEACON_B, DISC_A, DISC_B, SyntheticContext
-from nlseg.engine.demo import _context_scores, run_demo
+from nlseg.apps.demo import _context_scores, run_demo
 
 # Both demo recipes, shrunk to seconds: small strips, few images, a few iterations.
 TINY = [

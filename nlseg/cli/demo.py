@@ -15,6 +15,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from nlseg.engine.demo import run_demo
+    from nlseg.apps.demo import run_demo
 
     run_demo(args.out_dir, seed=args.seed, iters=args.iters, overrides=args.overrides)

@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.what == "datasets":
         from nlseg.data import list_datasets
 
-        names = ["synthetic", *list_datasets()]
+        names = sorted({"synthetic", *list_datasets()})
     else:
         import nlseg
 

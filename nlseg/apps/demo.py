@@ -1,6 +1,6 @@
 """``nlseg demo``: train the Baseline and the Denoised NL network on the embedded data set and compare.
 
-Both recipes (``configs/demo_baseline.yaml`` and ``configs/demo.yaml``) share everything but the
+Both recipes (``nlseg/configs/demo_baseline.yaml`` and ``nlseg/configs/demo.yaml``) share everything but the
 context block: the same small dilated ResNet-18, the same Denoised NL pipeline (reduction to 1/16,
 head, auxiliary heads), the same data, seed and schedule. ``SyntheticContext`` is built so that
 some classes can only be told apart with evidence from far away in the image, which is what a
@@ -165,7 +165,7 @@ def run_demo(
         ``context`` (per strip size: mIoU and the near and far disc pixel accuracy).
     """
     out_dir = Path(out_dir)
-    overrides = [f"train.seed={seed}"] + ([f"train.iters={iters}"] if iters else []) + list(overrides or [])
+    overrides = [f"train.seed={seed}"] + ([] if iters is None else [f"train.iters={iters}"]) + list(overrides or [])
     results: dict[str, dict[str, Any]] = {}
     models: dict[str, torch.nn.Module] = {}
     cfg = None
