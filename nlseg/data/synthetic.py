@@ -131,6 +131,7 @@ class SyntheticContext(Dataset):
     num_classes: ClassVar[int] = 8
     ignore_index: ClassVar[int] = IGNORE_INDEX
     splits: ClassVar[tuple[str, ...]] = tuple(_SPLITS)
+    requires_root: ClassVar[bool] = False  # generated: built as SyntheticContext(split, **options)
 
     def __init__(
         self,
