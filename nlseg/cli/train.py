@@ -43,5 +43,5 @@ def run(args: argparse.Namespace) -> None:
             f"nlseg train --work-dir {work_dir} --resume"
         )
     else:
-        cfg = load_config(args.recipe, args.overrides)
+        cfg = load_config(args.recipe, args.overrides, purpose="train")
     train(cfg, work_dir, resume=args.resume, overwrite=args.overwrite)

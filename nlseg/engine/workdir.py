@@ -163,13 +163,13 @@ def resume_config(
             f"--resume: {work_dir} holds no run (no config.yaml); start one with "
             f"`nlseg train RECIPE --work-dir {work_dir}`"
         )
-    saved = load_config(path)
+    saved = load_config(path)  # as written; its data.root may have moved since
     if recipe is not None and load_config(recipe).name != saved.name:
         raise ConfigError(
             f"--resume: {work_dir} is a run of recipe {saved.name!r}, not {recipe!r}; leave the recipe out "
             "(it is read from the run's config.yaml) or choose another --work-dir"
         )
-    new = load_config(path, overrides)
+    new = load_config(path, overrides, purpose="train")
     check_resume_changes(saved, new, work_dir=work_dir)
     return new
 
