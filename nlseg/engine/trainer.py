@@ -129,7 +129,13 @@ class IterationSampler(Sampler[list[tuple[int, int]]]):
 
 
 def poly_lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Factor of the base lr at step t: linear warm-up from ``warmup_ratio``, then ``(1 - t/T)^power``."""
+    """Factor of the base lr at step t (0-based): ``(1 - t/T)^power`` with T = ``cfg.iters``, times a linear
+    warm-up from ``warmup_ratio`` during the first ``warmup_iters`` steps.
+
+    The lr is a function of the step and the current total only, so a run extended on resume (``train.iters``
+    raised from T to T') trains its next steps at ``lr · (1 - t/T')^power``: the curve of the new total from
+    the resume point on, above zero until the new end (never a step at lr 0).
+    """
 
     def factor(step: int) -> float:
         poly = max(0.0, 1.0 - step / cfg.iters) ** cfg.poly_power
