@@ -98,9 +98,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 def test_resume_into_another_model_is_refused(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", iters=2, checkpoint_interval=1)
     train(load_config(recipe), tmp_path / "w")
+    saved = (tmp_path / "w" / "config.yaml").read_text()
     other = load_config(write_recipe(tmp_path / "o.yaml", "denoised_nl_r18", iters=4))
     with pytest.raises(CheckpointError, match="'fcn_r18'.*'denoised_nl_r18'"):
         train(other, tmp_path / "w", resume=True)
+    assert (tmp_path / "w" / "config.yaml").read_text() == saved  # a refused resume leaves the run as it was
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

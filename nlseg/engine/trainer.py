@@ -1,20 +1,27 @@
-"""The training loop: SGD with poly decay, deep supervision, AMP, DDP, exact resume.
+"""The training loop: SGD with poly decay, deep supervision, AMP, DDP, exact and preemption-safe resume.
+
+Read it in three parts: :func:`setup` builds a :class:`Run` (work dir, data, model, optimizer, logs),
+:func:`train_step` does one optimiser step, and :func:`train` is the loop around it (log, evaluate,
+checkpoint, stop on SIGTERM / Ctrl-C).
 
 Reproducibility is by construction, not by saved generator states alone: the k-th sample the run
 consumes (its *serial*) is ``permutation_e[k mod len]`` with the epoch permutation drawn from
-``(seed, epoch)``, its augmentation is drawn from a generator seeded by ``(seed, serial)``, and the
-model's own randomness (dropout) is reseeded from ``(seed, rank, iteration)`` at every step. So a run
-resumed from ``last.pt`` at iteration t sees exactly the batches and dropout masks that the
-uninterrupted run saw from t on, whatever the number of data-loading workers.
+``(seed, epoch)``, its augmentation is drawn from a generator seeded by ``(seed, serial)``, the
+model's own randomness (dropout) is reseeded from ``(seed, rank, iteration)`` at every step, and the
+learning rate is a function of the iteration. So a run resumed from ``last.pt`` at iteration t sees
+exactly the batches and dropout masks that the uninterrupted run saw from t on, whatever the number
+of data-loading workers.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +32,30 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nlseg.config import Config, ConfigError, TrainConfig, load_config
+from nlseg.config import Config, TrainConfig
 from nlseg.data.build import build_dataset
 from nlseg.data.transforms import collate
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from nlseg.engine.distributed import DistInfo, init_distributed
+from nlseg.engine.evaluate import evaluate
 from nlseg.engine.losses import SegmentationLoss
-from nlseg.errors import NlsegError
+from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start_run, write_text_atomic
+from nlseg.errors import CheckpointError, ConfigError, NlsegError
 
-__all__ = ["TrainingDiverged", "build_model", "main_train", "poly_lr_lambda", "train"]
+__all__ = [
+    "IterationSampler",
+    "Run",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "build_model",
+    "paper_weights_warning",
+    "poly_lr_lambda",
+    "save_last",
+    "setup",
+    "train",
+    "train_step",
+    "validate",
+]
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to mix seeds
 _MASK = (1 << 63) - 1
@@ -107,7 +129,13 @@ class IterationSampler(Sampler[list[tuple[int, int]]]):
 
 
 def poly_lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Factor of the base lr at step t: linear warm-up from ``warmup_ratio``, then ``(1 - t/T)^power``."""
+    """Factor of the base lr at step t (0-based): ``(1 - t/T)^power`` with T = ``cfg.iters``, times a linear
+    warm-up from ``warmup_ratio`` during the first ``warmup_iters`` steps.
+
+    The lr is a function of the step and the current total only, so a run extended on resume (``train.iters``
+    raised from T to T') trains its next steps at ``lr · (1 - t/T')^power``: the curve of the new total from
+    the resume point on, above zero until the new end (never a step at lr 0).
+    """
 
     def factor(step: int) -> float:
         poly = max(0.0, 1.0 - step / cfg.iters) ** cfg.poly_power
@@ -170,38 +198,105 @@ def _params_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-class _Log:
-    """Console lines, JSON lines in the work dir and (when installed) TensorBoard events; main process only."""
+def _due(iteration: int, interval: int) -> bool:
+    """Whether a periodic action falls on ``iteration``; an interval of 0 means never (only at the end)."""
+    return interval > 0 and iteration % interval == 0
 
-    def __init__(self, work_dir: Path, enabled: bool) -> None:
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: leave Ctrl-C and SIGTERM to the main process, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or Ctrl-C stopped training; ``last.pt`` holds the iteration named in the message.
+
+    Attributes:
+        exit_status: 128 + the signal number (143 for SIGTERM, 130 for SIGINT), the command's exit status.
+    """
+
+    def __init__(self, message: str, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only note the signal; training stops at the next iteration
+    boundary after saving. A second signal stops at once (the last checkpoint stays). The previous
+    handlers are restored on exit. Outside the main thread signals cannot be caught and are left alone."""
+
+    def __init__(self, last_path: Path) -> None:
+        self.last_path = last_path
+        self.signum: int | None = None
+        self.saved_iteration = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise TrainingInterrupted(
+                f"interrupted again by {signal.Signals(signum).name}; stopped without saving; {self.last_path} "
+                f"holds iteration {self.saved_iteration}", 128 + signum
+            )
+        self.signum = signum
+
+    def requested(self, dist_info: DistInfo, device: torch.device) -> int | None:
+        """The signal that asks to stop, agreed by every process (they must stop at the same iteration)."""
+        if not dist_info.enabled:
+            return self.signum
+        flag = torch.tensor(self.signum or 0, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag) or None
+
+
+class _Log:
+    """Console lines (also appended to ``train.log``), ``metrics.jsonl`` records and, when
+    ``train.tensorboard`` is on, TensorBoard events; on the main process only."""
+
+    def __init__(self, work_dir: Path, enabled: bool, tensorboard: bool) -> None:
         self.enabled = enabled
-        self.path = work_dir / "metrics.jsonl"
+        self.metrics_path = work_dir / "metrics.jsonl"
+        self.text = (work_dir / "train.log").open("a") if enabled else None
         self.writer = None
-        if enabled:
+        if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(work_dir / "tb"))
-            except ImportError:  # tensorboard is optional
-                pass
+            except ImportError:
+                raise ConfigError('train.tensorboard is true but tensorboard is not installed: pip install "nlseg[tb]"') from None
+            self.writer = SummaryWriter(str(work_dir / "tb"))
 
     def record(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
+        with self.metrics_path.open("a") as f:
             f.write(json.dumps({"kind": kind, "iter": iteration, **values}) + "\n")
         if self.writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(f"{kind}/{key}", value, iteration)
 
-    def print(self, text: str) -> None:
+    def print(self, text: str, *, console: bool = True) -> None:
         if self.enabled:
-            print(text, flush=True)
+            if console:
+                print(text, flush=True)
+            self.text.write(text + "\n")
+            self.text.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.text is not None:
+            self.text.close()
 
 
 def _eta(seconds: float) -> str:
@@ -209,145 +304,302 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def train(cfg: Config, work_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train ``cfg`` into ``work_dir`` (``last.pt``, ``best.pt``, ``metrics.jsonl``, ``config.yaml``).
+@dataclass
+class Run:
+    """Everything one training session works with; built by :func:`setup`, advanced by :func:`train_step`."""
+
+    cfg: Config
+    work_dir: Path
+    dist_info: DistInfo
+    device: torch.device
+    model: nn.Module
+    """The model itself (saved in checkpoints, evaluated)."""
+    net: nn.Module
+    """What the step calls: the model, or its DistributedDataParallel wrapper."""
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    criterion: SegmentationLoss
+    batches: Iterator[dict[str, Any]]
+    val_set: Dataset | None
+    class_names: list[str]
+    log: _Log
+    start_iter: int = 0
+    best_miou: float = float("-inf")
+    best_iteration: int = 0
+
+    @property
+    def last_path(self) -> Path:
+        return self.work_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.work_dir / "best.pt"
+
+
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.enabled:
+        dist.barrier()
+
+
+def _save_config(cfg: Config, work_dir: Path) -> None:
+    write_text_atomic(work_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _init_from(model: nn.Module, cfg: Config, num_classes: int) -> None:
+    """Load ``model.init_from``'s weights into the new model (strict: every tensor, every shape)."""
+    path = cfg.model.init_from
+    state = load_checkpoint(path)
+    check_compatible(state, model_name=cfg.model.name, num_classes=num_classes, path=path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        first = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
+        raise CheckpointError(
+            f"model.init_from={path}: its weights do not fit this recipe's {cfg.model.name!r} model "
+            f"(check model.options): {first}"
+        ) from None
+
+
+def _resume(run: Run) -> None:
+    """Continue from ``last.pt``: weights, optimizer, loss scaling, iteration and best score."""
+    if not run.last_path.is_file():
+        raise CheckpointError(
+            f"--resume: {run.last_path} does not exist (the run stopped before its first checkpoint); "
+            f"start it again with --overwrite"
+        )
+    state = load_checkpoint(run.last_path, map_location=run.device)
+    check_compatible(state, model_name=run.cfg.model.name, num_classes=len(run.class_names), path=run.last_path)
+    check_resume_changes(Config.from_dict(state["config"], source=str(run.last_path)), run.cfg, work_dir=run.work_dir)
+    run.start_iter = state["iteration"]
+    if run.cfg.train.iters <= run.start_iter:
+        raise ConfigError(
+            f"{run.last_path} has done {run.start_iter} iterations and train.iters is {run.cfg.train.iters}: "
+            f"to continue the run, --set train.iters=N with N > {run.start_iter}"
+        )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.best_miou, run.best_iteration = state["best_miou"], state["best_iteration"]
+    if run.best_path.is_file():  # an evaluation after the last checkpoint may have saved a better model
+        best = load_checkpoint(run.best_path, map_location="cpu")
+        if best["best_miou"] > run.best_miou:
+            run.best_miou, run.best_iteration = best["best_miou"], best["best_iteration"]
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+
+
+def paper_weights_warning(cfg: Config) -> str | None:
+    """A warning line for a paper recipe about to train from random weights, else None.
+
+    The papers' numbers start from ImageNet backbones; the embedded synthetic set (the demo) is trained
+    from scratch by design and gets no warning.
+    """
+    if not cfg.paper or cfg.data.dataset == "synthetic" or cfg.model.pretrained_backbone or cfg.model.init_from:
+        return None
+    return (f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; this run "
+            "starts from random weights (--set model.pretrained_backbone=FILE)")
+
+
+def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:
+    """Prepare the work dir, data, model, optimizer and logs of a training session.
+
+    A new run needs a work dir without a run (or ``overwrite``: the old one is moved aside, see
+    :func:`nlseg.engine.workdir.start_run`); a resumed one continues from ``last.pt`` under ``cfg``,
+    which may differ from the run's own values only in :data:`RESUMABLE_KEYS`.
+    """
+    tcfg = cfg.train
+    dist_info, device = init_distributed(tcfg.device)
+    work_dir = Path(work_dir)
+    if not resume:
+        if dist_info.is_main:
+            start_run(work_dir, overwrite=overwrite)  # refuses, or moves an old run aside
+        _barrier(dist_info)
+        if dist_info.is_main:
+            _save_config(cfg, work_dir)
+    log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
+
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
+    num_classes = train_set.num_classes
+    torch.manual_seed(tcfg.seed)  # identical initial weights on every process
+    model = build_model(cfg, num_classes)
+    if cfg.model.init_from and not resume:
+        _init_from(model, cfg, num_classes)
+        log.print(f"model weights from {cfg.model.init_from}")
+    elif not resume and (warning := paper_weights_warning(cfg)):
+        log.print(warning)
+    if dist_info.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # PyTorch's SyncBatchNorm is CUDA-only
+    elif dist_info.enabled:
+        log.print("note: SyncBatchNorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
+    model.to(device)
+    run = Run(
+        cfg=cfg, work_dir=work_dir, dist_info=dist_info, device=device, model=model, net=model,
+        optimizer=_optimizer(model, tcfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
+        criterion=SegmentationLoss(cfg.loss, ignore_index=train_set.ignore_index),
+        batches=iter(()), val_set=None, class_names=list(train_set.classes), log=log,
+    )
+    if resume:
+        _resume(run)
+        if dist_info.is_main:  # the resume is accepted: the run's values from now on
+            _save_config(cfg, work_dir)
+            keep_metrics_until(log.metrics_path, run.start_iter)  # the iterations after it are redone
+        log.print(f"resumed from {run.last_path} at iteration {run.start_iter}")
+    if dist_info.enabled:
+        run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    loader = DataLoader(
+        _SeededSamples(train_set, tcfg.seed),
+        batch_sampler=IterationSampler(len(train_set), tcfg, start_iter=run.start_iter, dist_info=dist_info),
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_stop_signals,
+    )
+    run.val_set = build_dataset(cfg, cfg.data.val_split, train=False) if tcfg.evaluate else None
+    run.batches = iter(loader)
+    return run
+
+
+def train_step(run: Run, it: int) -> tuple[dict[str, float], float]:
+    """Optimiser step ``it`` (0-based): ``grad_accum`` micro-batches at the poly learning rate of ``it``.
+
+    Returns:
+        the loss and its parts (``total``, ``main``, ``aux0``, ...) of the last micro-batch, and the lr.
+
+    Raises:
+        TrainingDiverged: a loss is not finite; the weights were not updated with it.
+    """
+    tcfg = run.cfg.train
+    torch.manual_seed(_mix(tcfg.seed, run.dist_info.rank, it, 2))  # dropout masks depend only on (seed, rank, it)
+    lr = tcfg.lr * poly_lr_lambda(tcfg)(it)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    for a in range(tcfg.grad_accum):
+        batch = next(run.batches)
+        images = batch["image"].to(run.device, non_blocking=True)
+        labels = batch["label"].to(run.device, non_blocking=True)
+        sync = run.net.no_sync() if run.dist_info.enabled and a < tcfg.grad_accum - 1 else nullcontext()
+        with sync:
+            with _autocast(tcfg, run.device):
+                loss, parts = run.criterion(run.net(images), labels)
+            values = _all_finite({"total": loss, **parts}, run.dist_info)
+            bad = [name for name, v in values.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingDiverged(
+                    f"iteration {it + 1}: loss {', '.join(bad)} is {values[bad[-1]]} (all parts: "
+                    + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                    + f"); stopped before updating the weights. {run.last_path} keeps the last finite checkpoint. "
+                    "Lower train.lr or check the data."
+                )
+            run.scaler.scale(loss / tcfg.grad_accum).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return values, lr
+
+
+def _checkpoint(run: Run, iteration: int) -> dict[str, Any]:
+    """What inference needs, and the run's best score so far."""
+    return {
+        "model": run.model.state_dict(),
+        "model_name": run.cfg.model.name,
+        "num_classes": len(run.class_names),
+        "class_names": run.class_names,
+        "config": run.cfg.to_dict(),
+        "iteration": iteration,
+        "best_miou": run.best_miou,
+        "best_iteration": run.best_iteration,
+    }
+
+
+def save_last(run: Run, iteration: int) -> None:
+    """Write ``last.pt``: the weights and everything a resume needs (main process only)."""
+    if not run.dist_info.is_main:
+        return
+    if not _params_finite(run.model):
+        raise TrainingDiverged(f"iteration {iteration}: weights are not finite; {run.last_path} was not overwritten")
+    state = {
+        **_checkpoint(run, iteration),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    save_checkpoint(state, run.last_path)
+
+
+def validate(run: Run, iteration: int) -> dict[str, Any]:
+    """Score the validation split; a strictly better mIoU than any before in the run replaces ``best.pt``."""
+    metrics = evaluate(
+        run.model, run.val_set, run.cfg.eval, device=run.device, num_classes=len(run.class_names),
+        progress=run.dist_info.is_main,
+    )
+    run.log.record("val", iteration, {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
+    run.log.print(f"iter {iteration}: val mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
+    if metrics["mIoU"] > run.best_miou:
+        run.best_miou, run.best_iteration = metrics["mIoU"], iteration
+        if run.dist_info.is_main:
+            save_checkpoint({**_checkpoint(run, iteration), "metrics": metrics}, run.best_path)
+    return metrics
+
+
+def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``work_dir`` (``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``train.log``).
+
+    At each iteration boundary: log (every ``log_interval``), evaluate (every ``eval_interval`` and at
+    the end; ``best.pt`` when the score is the best yet), then save ``last.pt`` (every
+    ``checkpoint_interval``, at the end, and when SIGTERM or Ctrl-C arrived, after which training stops).
+    The learning rate of step t is ``lr · (1 - t / train.iters)^poly_power`` (after warm-up): a run
+    resumed with a larger ``train.iters`` follows the curve of the new total from its resume point on.
+
+    Args:
+        cfg: the recipe; with ``resume``, the run's own (``workdir.resume_config``), where only
+            :data:`~nlseg.engine.workdir.RESUMABLE_KEYS` may differ from ``last.pt``'s.
+        work_dir: the run's folder.
+        resume: continue the run in ``work_dir`` from its ``last.pt``.
+        overwrite: start a new run even if ``work_dir`` holds one (moved into ``work_dir/previous-*``).
 
     Returns:
         the final validation metrics (empty when ``train.evaluate`` is off) and ``iteration``.
 
     Raises:
         TrainingDiverged: a loss became non-finite; ``last.pt`` keeps the last finite weights.
+        TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` holds the iteration reached.
+        OutputError: ``work_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
     """
-    tcfg = cfg.train
-    dist_info, device = init_distributed(tcfg.device)
-    work_dir = Path(work_dir)
-    if dist_info.is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    log = _Log(work_dir, dist_info.is_main)
-
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
-    num_classes = train_set.num_classes
-    torch.manual_seed(tcfg.seed)  # identical initial weights on every process
-    model = build_model(cfg, num_classes)
-    if dist_info.enabled and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # PyTorch's SyncBatchNorm is CUDA-only
-    elif dist_info.enabled:
-        log.print("note: SyncBatchNorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
-    model.to(device)
-    optimizer = _optimizer(model, tcfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr_lambda(tcfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16")
-    start_iter, best_miou = 0, float("-inf")
-    last_path = work_dir / "last.pt"
-    if resume:
-        state = load_checkpoint(last_path, map_location=device)
-        check_compatible(state, model_name=cfg.model.name, num_classes=num_classes, path=last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        start_iter, best_miou = state["iteration"], state.get("best_miou", best_miou)
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        log.print(f"resumed from {last_path} at iteration {start_iter}")
-    net = model
-    if dist_info.enabled:
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    criterion = SegmentationLoss(cfg.loss, ignore_index=train_set.ignore_index)
-    loader = DataLoader(
-        _SeededSamples(train_set, tcfg.seed),
-        batch_sampler=IterationSampler(len(train_set), tcfg, start_iter=start_iter, dist_info=dist_info),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-    )
-    val_set = build_dataset(cfg, cfg.data.val_split, train=False) if tcfg.evaluate else None
-
-    def checkpoint_state(iteration: int) -> dict[str, Any]:
-        return {
-            "model": model.state_dict(),
-            "model_name": cfg.model.name,
-            "num_classes": num_classes,
-            "class_names": list(train_set.classes),
-            "config": cfg.to_dict(),
-            "iteration": iteration,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "rng": {"torch": torch.get_rng_state()},
-            "best_miou": best_miou,
-        }
-
-    def run_eval(iteration: int) -> dict[str, Any]:
-        nonlocal best_miou
-        from nlseg.engine.evaluate import evaluate
-
-        model.eval()
-        metrics = evaluate(model, val_set, cfg.eval, device=device, num_classes=num_classes, progress=dist_info.is_main)
-        model.train()
-        log.record("val", iteration, {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")})
-        log.print(f"iter {iteration}: val mIoU {metrics['mIoU']:.2f}  mAcc {metrics['mAcc']:.2f}  aAcc {metrics['aAcc']:.2f}")
-        if dist_info.is_main and metrics["mIoU"] > best_miou:
-            best_miou = metrics["mIoU"]
-            save_checkpoint(checkpoint_state(iteration), work_dir / "best.pt")
-        return metrics
-
-    model.train()
-    batches = iter(loader)
+    run = setup(cfg, work_dir, resume=resume, overwrite=overwrite)
+    tcfg, log = cfg.train, run.log
     metrics: dict[str, Any] = {}
-    tick, tick_iter = time.perf_counter(), start_iter
-    log.print(f"training {cfg.model.name} on {cfg.data.dataset} for {tcfg.iters} iterations on {device}"
-              + (f" × {dist_info.world_size} processes" if dist_info.enabled else ""))
-    for it in range(start_iter, tcfg.iters):
-        torch.manual_seed(_mix(tcfg.seed, dist_info.rank, it, 2))  # dropout masks depend only on (seed, rank, it)
-        optimizer.zero_grad(set_to_none=True)
-        for a in range(tcfg.grad_accum):
-            batch = next(batches)
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            sync = net.no_sync() if dist_info.enabled and a < tcfg.grad_accum - 1 else nullcontext()
-            with sync:
-                with _autocast(tcfg, device):
-                    loss, parts = criterion(net(images), labels)
-                values = _all_finite({"total": loss, **parts}, dist_info)
-                bad = [name for name, v in values.items() if not math.isfinite(v)]
-                if bad:
-                    raise TrainingDiverged(
-                        f"iteration {it + 1}: loss {', '.join(bad)} is {values[bad[-1]]} (all parts: "
-                        + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-                        + f"); stopped before updating the weights. {last_path} keeps the last finite checkpoint. "
-                        "Lower train.lr or check the data."
+    tick, tick_iter = time.perf_counter(), run.start_iter
+    log.print(f"training {cfg.model.name} on {cfg.data.dataset} for {tcfg.iters} iterations on {run.device}"
+              + (f" × {run.dist_info.world_size} processes" if run.dist_info.enabled else ""))
+    run.model.train()
+    try:
+        with _StopSignals(run.last_path) as stop:
+            stop.saved_iteration = run.start_iter
+            for it in range(run.start_iter, tcfg.iters):
+                values, lr = train_step(run, it)
+                iteration = it + 1
+                final = iteration == tcfg.iters
+                if _due(iteration, tcfg.log_interval) or final:
+                    elapsed = time.perf_counter() - tick
+                    speed = (iteration - tick_iter) / max(elapsed, 1e-9)
+                    tick, tick_iter = time.perf_counter(), iteration
+                    log.record("train", iteration, {"lr": lr, "speed": speed, **{f"loss_{k}": v for k, v in values.items()}})
+                    log.print(
+                        f"iter {iteration}/{tcfg.iters}  loss {values['total']:.4f} ("
+                        + " ".join(f"{k} {v:.3f}" for k, v in values.items() if k != "total")
+                        + f")  lr {lr:.2e}  {speed:.2f} it/s  ETA {_eta((tcfg.iters - iteration) / max(speed, 1e-9))}"
                     )
-                scaler.scale(loss / tcfg.grad_accum).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        iteration = it + 1
-        if iteration % tcfg.log_interval == 0 or iteration == tcfg.iters:
-            elapsed = time.perf_counter() - tick
-            speed = (iteration - tick_iter) / max(elapsed, 1e-9)
-            tick, tick_iter = time.perf_counter(), iteration
-            log.record("train", iteration, {"lr": lr, "speed": speed, **{f"loss_{k}": v for k, v in values.items()}})
-            log.print(
-                f"iter {iteration}/{tcfg.iters}  loss {values['total']:.4f} ("
-                + " ".join(f"{k} {v:.3f}" for k, v in values.items() if k != "total")
-                + f")  lr {lr:.2e}  {speed:.2f} it/s  ETA {_eta((tcfg.iters - iteration) / max(speed, 1e-9))}"
-            )
-        if dist_info.is_main and (iteration % tcfg.checkpoint_interval == 0 or iteration == tcfg.iters):
-            if not _params_finite(model):
-                raise TrainingDiverged(f"iteration {iteration}: weights are not finite; {last_path} was not overwritten")
-            save_checkpoint(checkpoint_state(iteration), last_path)
-        if val_set is not None and tcfg.eval_interval and iteration % tcfg.eval_interval == 0 and iteration < tcfg.iters:
-            run_eval(iteration)
-    if val_set is not None and tcfg.iters > start_iter:
-        metrics = run_eval(tcfg.iters)
-    log.close()
+                if run.val_set is not None and (_due(iteration, tcfg.eval_interval) or final):
+                    metrics = validate(run, iteration)
+                signum = stop.requested(run.dist_info, run.device)
+                if _due(iteration, tcfg.checkpoint_interval) or final or signum:
+                    save_last(run, iteration)
+                    stop.saved_iteration = iteration
+                if signum and not final:
+                    message = (f"interrupted by {signal.Signals(signum).name} at iteration {iteration}; saved "
+                               f"{run.last_path}; resume with: nlseg train --work-dir {run.work_dir} --resume")
+                    log.print(message, console=False)  # the command line prints it, once
+                    raise TrainingInterrupted(message, 128 + signum)
+    finally:
+        log.close()
     return {"iteration": tcfg.iters, **metrics}
-
-
-def main_train(args: argparse.Namespace) -> None:
-    """``nlseg train RECIPE --work-dir DIR [--resume] [--set key=value ...]``."""
-    cfg = load_config(args.recipe, args.overrides)
-    train(cfg, args.work_dir, resume=args.resume)

@@ -1,0 +1,184 @@
+"""A work dir is one run: its files, starting a new run in it, and what a resume may change.
+
+    W/config.yaml    the run's resolved recipe (rewritten on resume with the values changed then)
+    W/last.pt        everything needed to continue exactly (``nlseg.engine.checkpoint``)
+    W/best.pt        the best-scoring weights so far, for inference
+    W/metrics.jsonl  one JSON record per logged iteration and per evaluation, each iteration once
+    W/train.log      the console lines of every session of the run
+    W/tb/            TensorBoard events (``train.tensorboard``)
+
+Training into a work dir that holds a run needs ``resume`` (continue it under its own
+``config.yaml``) or ``overwrite`` (its files are moved aside into ``W/previous-<date>-<time>/``;
+nothing is deleted).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nlseg.config import Config, load_config
+from nlseg.errors import ConfigError, OutputError
+
+__all__ = [
+    "RESUMABLE_KEYS",
+    "RUN_FILES",
+    "check_resume_changes",
+    "holds_run",
+    "keep_metrics_until",
+    "resume_config",
+    "start_run",
+    "write_text_atomic",
+]
+
+RUN_FILES: tuple[str, ...] = ("config.yaml", "last.pt", "best.pt", "metrics.jsonl", "train.log", "tb")
+"""What a run writes in its work dir (``--overwrite`` moves these aside)."""
+
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "data.root",
+    "data.num_workers",
+    "train.device",
+    "train.evaluate",
+    "train.eval_interval",
+    "train.log_interval",
+    "train.checkpoint_interval",
+    "train.iters",
+)
+"""The recipe fields a resume may change: where the data lies, how it is read, the cadence of
+evaluation, logging and checkpoints, and ``train.iters`` to extend the run. Anything else would make
+the continued run a different experiment."""
+
+
+def holds_run(work_dir: str | os.PathLike) -> bool:
+    """Whether ``work_dir`` holds a run (its ``config.yaml`` or ``last.pt``)."""
+    return any((Path(work_dir) / name).exists() for name in ("config.yaml", "last.pt"))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a temporary file and a rename (never half written)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+    """Make ``work_dir`` ready for a new run.
+
+    Args:
+        work_dir: the run's folder (created if needed).
+        overwrite: move a run found there into ``work_dir/previous-<date>-<time>/`` instead of refusing.
+
+    Returns:
+        the folder the previous run was moved to, or None when there was none.
+
+    Raises:
+        OutputError: ``work_dir`` holds a run and ``overwrite`` is false.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if not holds_run(work_dir):
+        return None
+    if not overwrite:
+        raise OutputError(
+            f"--work-dir {work_dir} holds a run (config.yaml, last.pt); continue it with "
+            f"`nlseg train --work-dir {work_dir} --resume`, choose another --work-dir, or pass --overwrite "
+            f"to move it aside into {work_dir}/previous-<date>-<time>/"
+        )
+    stamp = time.strftime("previous-%Y%m%d-%H%M%S")
+    aside, count = work_dir / stamp, 1
+    while aside.exists():  # two overwrites within a second
+        count += 1
+        aside = work_dir / f"{stamp}-{count}"
+    aside.mkdir()
+    for name in RUN_FILES:
+        if (work_dir / name).exists():
+            os.replace(work_dir / name, aside / name)
+    return aside
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` -> ``{"train.lr": 0.1}``; option mappings are flattened too."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _yaml(value: Any) -> str:
+    """A value as it would be written after ``--set key=``."""
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("...\n").strip()
+
+
+def check_resume_changes(saved: Config, new: Config, *, work_dir: str | os.PathLike) -> None:
+    """Refuse a resume that changes anything but :data:`RESUMABLE_KEYS`.
+
+    Raises:
+        ConfigError: naming each changed key with its old and new value, and the command that starts a
+            new run from the run's weights with these values instead (``model.init_from``).
+    """
+    old, now = _flatten(saved.to_dict()), _flatten(new.to_dict())
+    changed = [k for k in sorted(old.keys() | now.keys()) if old.get(k) != now.get(k) and k not in RESUMABLE_KEYS]
+    if not changed:
+        return
+    what = ", ".join(f"{k} ({_yaml(old.get(k))} -> {_yaml(now.get(k))})" for k in changed)
+    sets = " ".join(f"{k}={_yaml(now.get(k))}" for k in changed if k in now)
+    raise ConfigError(
+        f"resuming {work_dir} cannot change {what}: a resume may change only {', '.join(RESUMABLE_KEYS)}. "
+        f"To start a new run from these weights: nlseg train RECIPE --work-dir NEW_DIR "
+        f"--set model.init_from={Path(work_dir) / 'last.pt'} {sets}"
+    )
+
+
+def resume_config(
+    work_dir: str | os.PathLike, overrides: Sequence[str] = (), *, recipe: str | None = None
+) -> Config:
+    """The configuration to resume ``work_dir`` with: its ``config.yaml`` plus ``overrides``.
+
+    Args:
+        work_dir: a work dir that holds a run.
+        overrides: ``key=value`` changes, limited to :data:`RESUMABLE_KEYS`.
+        recipe: the recipe named on the command line, if any; it must be the run's own.
+
+    Raises:
+        ConfigError: no run in ``work_dir``, another recipe, or a change a resume may not make.
+    """
+    path = Path(work_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume: {work_dir} holds no run (no config.yaml); start one with "
+            f"`nlseg train RECIPE --work-dir {work_dir}`"
+        )
+    saved = load_config(path)  # as written; its data.root may have moved since
+    if recipe is not None and load_config(recipe).name != saved.name:
+        raise ConfigError(
+            f"--resume: {work_dir} is a run of recipe {saved.name!r}, not {recipe!r}; leave the recipe out "
+            "(it is read from the run's config.yaml) or choose another --work-dir"
+        )
+    new = load_config(path, overrides, purpose="train")
+    check_resume_changes(saved, new, work_dir=work_dir)
+    return new
+
+
+def keep_metrics_until(path: Path, iteration: int) -> None:
+    """Drop the records of ``metrics.jsonl`` after ``iteration`` (a resume redoes them), atomically."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
