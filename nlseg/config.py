@@ -448,7 +448,7 @@ def _data_root(cfg: Config) -> str | None:
     if not getattr(_dataset_class(cfg), "requires_root", True):
         return None
     if cfg.data.root is None:
-        return f"data.root must be set to the {cfg.data.dataset} folder (--set data.root=/path/to/it), got null"
+        return f"data.root must be set to the folder of the {cfg.data.dataset} data set (--set data.root=/path/to/it), got null"
     if not Path(cfg.data.root).expanduser().is_dir():
         return f"data.root must be an existing folder of the {cfg.data.dataset} data set, got {cfg.data.root!r}"
     return None

@@ -246,8 +246,9 @@ def test_a_bad_label_in_a_dataloader_worker_is_one_line(root: Path, tmp_path: Pa
 
 def test_missing_root_and_classes_are_recipe_errors(root: Path, tmp_path: Path, capsys):
     assert main(["train", "custom_folder", "--work-dir", str(tmp_path / "a"), "--set", *QUICK]) == 2
-    assert _error_line(capsys) == (
-        "nlseg train: error: data.root is not set for the folder data set; pass --set data.root=/path/to/it"
+    assert _error_line(capsys).endswith(
+        "custom_folder.yaml: data.root must be set to the folder of the folder data set (--set data.root=/path/to/it), "
+        "got null"
     )
     no_classes = [o for o in QUICK if not o.startswith("data.options")] + ["data.options={}", f"data.root={root}"]
     assert main(["train", "custom_folder", "--work-dir", str(tmp_path / "b"), "--set", *no_classes]) == 2

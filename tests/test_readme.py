@@ -103,7 +103,7 @@ def test_own_data_section_matches_the_recipe():
     assert len(PYTHON_BLOCKS) >= 5, "the examples the tests above run"
     section = README.split("## Train on your own data", 1)[1].split("\n## ", 1)[0]
     shown = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["data"]
-    recipe = yaml.safe_load((ROOT / "configs" / "custom_folder.yaml").read_text())["data"]
+    recipe = yaml.safe_load((ROOT / "nlseg" / "configs" / "custom_folder.yaml").read_text())["data"]
     assert shown["dataset"] == recipe["dataset"] == "folder" and shown["root"] is recipe["root"] is None
     assert shown["options"] == recipe["options"]
     for command in ("nlseg train custom_folder", "nlseg eval custom_folder", "nlseg predict custom_folder"):

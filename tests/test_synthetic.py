@@ -209,7 +209,8 @@ def test_an_option_the_data_set_does_not_take_is_one_line(tmp_path, capsys) -> N
     from nlseg.cli import main
 
     assert main(["train", "demo", "--work-dir", str(tmp_path / "w"), "--set", "data.options.sizee=[96,128]"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "nlseg train: error: data.options: the synthetic data set has no option 'sizee'; its options: length, size, "
-        "seed, discs, hollows, cue_distance, noise, cache"
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("nlseg train: error: ") and err.endswith(
+        "demo.yaml with --set: data.options.sizee is not an option of the synthetic data set (did you mean 'size'?); "
+        "its options: length, size, seed, discs, hollows, cue_distance, noise, cache"
     )
