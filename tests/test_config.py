@@ -265,7 +265,7 @@ def test_data_root_is_checked_when_the_data_is_needed(recipe, tmp_path, monkeypa
     on_disk = ["data.dataset=cityscapes", "data.options={}"]
     load_config(recipe, on_disk)  # reading a recipe (e.g. for predict) needs no data set
     for purpose in ("eval", "train"):
-        with pytest.raises(ConfigError, match=r"with --set: data\.root must be set to the cityscapes folder \(--set data\.root="):
+        with pytest.raises(ConfigError, match=r"with --set: data\.root must be set to the folder of the cityscapes data set \(--set data\.root="):
             load_config(recipe, on_disk, purpose=purpose)
     with pytest.raises(ConfigError, match=r"^--set: data\.root must be an existing folder of the cityscapes data set, got '/no/such'"):
         load_config(recipe, [*on_disk, "data.root=/no/such"], purpose="eval")
