@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from nlseg.errors import OutputError
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -87,6 +89,18 @@ def test_tiny_demo_trains_both_networks_prints_both_tables_and_draws(tmp_path, c
     assert picture.width == 4 * 256 + 3 * 4  # input, ground truth, two predictions, at the evaluation width
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["Denoised NL"]["mIoU"] == pytest.approx(results["Denoised NL"]["mIoU"])
+
+    # a second demo into the same folder replaces the demo's own runs (it reproduces them from the seed) ...
+    again = run_demo(tmp_path, iters=3, overrides=TINY, context_images=2)
+    assert "replacing the previous demo run in" in capsys.readouterr().out
+    assert again["Denoised NL"]["mIoU"] == results["Denoised NL"]["mIoU"]
+    assert sorted(p.name for p in (tmp_path / "work" / "demo").iterdir() if not p.name.startswith("previous")) == [
+        "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "train.log"]
+    # ... but never a run of another recipe
+    (tmp_path / "work" / "demo" / "config.yaml").write_text("name: my_experiment\n")
+    with pytest.raises(OutputError, match="holds a run of 'my_experiment'"):
+        run_demo(tmp_path, iters=3, overrides=TINY, context_images=2)
+    assert (tmp_path / "work" / "demo" / "last.pt").is_file()
 
 
 def test_demo_baseline_receptive_field_is_727_px_wide() -> None:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
 
 from nlseg.config import Config, load_config
@@ -34,6 +36,8 @@ from nlseg.engine.checkpoint import load_checkpoint
 from nlseg.engine.inference import predict_with_config
 from nlseg.engine.metrics import ConfusionMatrix
 from nlseg.engine.trainer import build_model, train
+from nlseg.engine.workdir import RUN_FILES, holds_run
+from nlseg.errors import OutputError
 
 __all__ = ["run_demo"]
 
@@ -143,6 +147,27 @@ def _strips(cfg: Config) -> dict[str, SyntheticContext]:
     return strips
 
 
+def _replace_demo_run(work_dir: Path, recipe: str) -> None:
+    """Delete the previous run of the demo recipe ``recipe`` in ``work_dir`` (the demo reproduces it from its
+    seed in minutes), saying so; a run of any other recipe there is refused, never deleted."""
+    if not holds_run(work_dir):
+        return
+    saved = work_dir / "config.yaml"
+    name = (yaml.safe_load(saved.read_text()) or {}).get("name") if saved.is_file() else None
+    if name != recipe:
+        raise OutputError(
+            f"{work_dir} holds a run of {name or 'an unknown recipe'!r}, not of the demo recipe {recipe!r}; "
+            "choose another --out-dir"
+        )
+    print(f"replacing the previous demo run in {work_dir}", flush=True)
+    for file in RUN_FILES:
+        path = work_dir / file
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def run_demo(
     out_dir: str | Path = "demo_out",
     *,
@@ -174,6 +199,7 @@ def run_demo(
         cfg = load_config(recipe, overrides)
         print(f"== {label}: {cfg.description}", flush=True)
         start = time.perf_counter()
+        _replace_demo_run(out_dir / "work" / recipe, cfg.name)
         metrics = train(cfg, out_dir / "work" / recipe)
         results[label] = {**metrics, "seconds": time.perf_counter() - start}
         state = load_checkpoint(out_dir / "work" / recipe / "last.pt")
