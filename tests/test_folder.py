@@ -3,8 +3,12 @@ through the CLI with ``configs/custom_folder.yaml``: train, eval, predict, and o
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,12 +238,22 @@ def test_layout_errors_stop_train_in_one_line(root: Path, tmp_path: Path, capsys
     assert not (work / "last.pt").exists()
 
 
-def test_a_bad_label_in_a_dataloader_worker_is_one_line(root: Path, tmp_path: Path, capsys):
+def test_a_bad_label_in_a_dataloader_worker_is_one_line(root: Path, tmp_path: Path):
+    # A real process: after the error, the interpreter's exit must not wait for the workers (they ignore
+    # SIGTERM so that the main process can save a checkpoint first).
     _write(root, "train", "street2.PNG", 1, np.full((H, W), 7))
-    status = main(["train", "custom_folder", "--work-dir", str(tmp_path / "w"), "--set", f"data.root={root}",
-                   "data.num_workers=2", *QUICK])
-    assert status == 2
-    line = _error_line(capsys)
+    command = [sys.executable, "-m", "nlseg", "train", "custom_folder", "--work-dir", str(tmp_path / "w"), "--set",
+               f"data.root={root}", "data.num_workers=2", *QUICK]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the main process and its workers
+        proc.communicate()
+        pytest.fail("nlseg train did not exit after the worker's error")
+    assert proc.returncode == 2
+    line = err.strip()
+    assert len(line.splitlines()) == 1, line
     assert line.startswith("nlseg train: error: label file ") and "labels/train/street2.png" in line
     assert line.endswith("contains value(s) 7 that this data set does not define; allowed values: 0-2, 255")
 

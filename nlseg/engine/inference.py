@@ -702,8 +702,8 @@ def predict_paths(
             peak = estimate_peak_memory(segmenter, h, w)
             say(
                 f"warning: {files.input} is {w}x{h} ({h * w / 1e6:.1f} megapixels); predicting it at full size "
-                f"needs about {peak / 2**30:.1f} GiB on {segmenter.device}; --max-size 2048 (max_size) "
-                "predicts large images at that long side"
+                f"needs about {peak / 2**30:.1f} GiB on {segmenter.device}; --max-size N (e.g. 2048) predicts "
+                "images at a long side of at most N pixels"
             )
         try:
             pred = segmenter.predict(rgb, max_size=max_size)  # (H, W)

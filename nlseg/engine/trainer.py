@@ -209,6 +209,19 @@ def _ignore_stop_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _stop_workers(run: Run) -> None:
+    """Shut the run's DataLoader workers down now, whatever ended the loop.
+
+    They ignore SIGTERM (:func:`_ignore_stop_signals`), so the interpreter's exit, which terminates and then
+    joins them, would wait forever for workers left running after an error; shutting the iterator down
+    sends them the end-of-work sentinel instead (PyTorch has no public call for it).
+    """
+    batches, run.batches = run.batches, iter(())
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 class TrainingInterrupted(Exception):
     """SIGTERM or Ctrl-C stopped training; ``last.pt`` holds the iteration named in the message.
 
@@ -601,5 +614,6 @@ def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
                     log.print(message, console=False)  # the command line prints it, once
                     raise TrainingInterrupted(message, 128 + signum)
     finally:
+        _stop_workers(run)
         log.close()
     return {"iteration": tcfg.iters, **metrics}
