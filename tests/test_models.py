@@ -66,7 +66,7 @@ def test_every_row_of_both_papers_is_registered():
 
 
 BN = nn.BatchNorm2d
-SHARED = dict(norm_layer=BN, backbone_width=64, output_stride=8)
+SHARED = dict(norm_layer=BN, backbone_width=64, output_stride=8, stem_ceil_mode=False)
 FCN_OPTIONS = SHARED | dict(stem="classic", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
                             aux_layers=("layer3",), align_corners=True, grad_checkpointing=False)
 ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256, value_channels=256, dropout=0.05,
