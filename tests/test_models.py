@@ -72,8 +72,10 @@ FCN_OPTIONS = SHARED | dict(stem="classic", multi_grid=None, dilate_first_block=
 ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256, value_channels=256, dropout=0.05,
                             align_corners=True, grad_checkpointing=False)
 PIPELINE_OPTIONS = SHARED | dict(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, head_channels=512,
-                                 dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False)
-DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False)
+                                 dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False,
+                                 init="pytorch")
+DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False,
+                                      qkv_bias=True)
 
 
 def expected_options(name: str) -> dict:
