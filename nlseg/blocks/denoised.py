@@ -49,7 +49,7 @@ class DenoisedNL(nn.Module):
         rectify: bool = True,
         retain: bool = True,
         class_input: str = "probs",
-        qkv_bias: bool = True,
+        qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         value_channels = in_channels if value_channels is None else value_channels

@@ -72,8 +72,8 @@ def denoised_nl(
     rectify: bool = True,
     retain: bool = True,
     detach_class_probs: bool = False,
-    qkv_bias: bool = True,
-    init: str = "pytorch",
+    qkv_bias: bool = False,
+    init: str = "released",
 ) -> Segmentor:
     """The Denoised NL network (§III-B, §III-F): the pipeline with the Denoised NL block at 1/16.
 
@@ -132,7 +132,7 @@ def denoised_nl_pipeline(
     dropout: float = HEAD_DROPOUT,
     global_context: bool = True,
     align_corners: bool = True,
-    init: str = "pytorch",
+    init: str = "released",
 ) -> Segmentor:
     """The Denoised NL paper's pipeline (Fig. 3) with any block of ``nlseg.blocks.list_blocks()``, or none, at 1/16.
 
