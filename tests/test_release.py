@@ -69,3 +69,67 @@ def test_qkv_bias_option() -> None:
     torch.testing.assert_close(plain(x, probs), biased(x, probs))
     model = create_model("denoised_nl_r18", num_classes=NUM_CLASSES, qkv_bias=False, **SMALL)
     assert "decoder.block.query.bias" not in model.state_dict()
+
+
+# --- class weights (loss.class_weights) ------------------------------------------------------------------
+
+# Five pixels of one image, two classes: probabilities of (class 0, class 1) and the label.
+PROBS = [(0.5, 0.5), (0.1, 0.9), (0.8, 0.2), (0.4, 0.6), (0.3, 0.7)]
+LABELS = [0, 1, 1, 0, 255]  # true-class probabilities 0.5, 0.9, 0.2, 0.4; the last pixel is ignored
+WEIGHTS = [2.0, 0.5]
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    logits = torch.tensor(PROBS, dtype=torch.float64).log().T.reshape(1, 2, 1, 5)  # (B, K, H, W)
+    return logits, torch.tensor(LABELS).reshape(1, 1, 5)
+
+
+def _loss(main: str, min_kept: int, weights: list[float] | None):
+    from nlseg.config import LossConfig
+    from nlseg.engine.losses import SegmentationLoss
+
+    cfg = LossConfig(main=main, ohem_threshold=0.7, ohem_min_kept=min_kept, aux_weights=[0.4], class_weights=weights)
+    logits, labels = _batch()
+    return SegmentationLoss(cfg).double()({"out": logits, "aux": [logits]}, labels)
+
+
+def test_class_weighted_ohem_against_a_hand_computed_case() -> None:
+    ln = math.log
+    # Kept: true-class probability <= 0.7 (0.5, 0.2, 0.4); the weights do not change the selection. The
+    # weighted losses are averaged over the 3 kept pixels, as the released FSOhemCELoss does.
+    total, parts = _loss("ohem", 1, WEIGHTS)
+    assert parts["main"].item() == pytest.approx((2 * -ln(0.5) + 0.5 * -ln(0.2) + 2 * -ln(0.4)) / 3, rel=1e-12)
+    # The auxiliary loss is PyTorch's weighted mean over every labelled pixel (divided by the weights' sum).
+    aux = (2 * -ln(0.5) + 0.5 * -ln(0.9) + 0.5 * -ln(0.2) + 2 * -ln(0.4)) / (2 + 0.5 + 0.5 + 2)
+    assert parts["aux0"].item() == pytest.approx(aux, rel=1e-12)
+    assert total.item() == pytest.approx(parts["main"].item() + 0.4 * aux, rel=1e-12)
+    # min_kept = 4 raises the threshold to the 4th smallest probability (0.9): every pixel is kept, and the
+    # weighted sum is still divided by the number of pixels, not by the sum of their weights.
+    _, parts = _loss("ohem", 4, WEIGHTS)
+    assert parts["main"].item() == pytest.approx(aux * 5 / 4, rel=1e-12)
+    _, unweighted = _loss("ohem", 1, None)
+    assert unweighted["main"].item() == pytest.approx((-ln(0.5) - ln(0.2) - ln(0.4)) / 3, rel=1e-12)
+
+
+def test_class_weighted_cross_entropy_main_loss() -> None:
+    _, parts = _loss("ce", 0, WEIGHTS)
+    assert parts["main"].item() == pytest.approx(parts["aux0"].item(), rel=1e-12)
+    _, plain = _loss("ce", 0, None)
+    assert plain["main"].item() == pytest.approx(-sum(math.log(p) for p in (0.5, 0.9, 0.2, 0.4)) / 4, rel=1e-12)
+
+
+def test_class_weights_are_checked_against_the_data_set_at_load() -> None:
+    from nlseg.config import load_config
+    from nlseg.errors import ConfigError
+
+    cfg = load_config("ann_r101_cityscapes")
+    assert len(cfg.loss.class_weights) == 19 and cfg.loss.class_weights[0] == 0.8373
+    assert cfg.loss.class_weights[-1] == 1.0507
+    with pytest.raises(ConfigError, match=r"ann_r101_cityscapes\.yaml with --set: loss\.class_weights must hold 19 "
+                                          r"weight\(s\), one per class of the cityscapes data set, got 2$"):
+        load_config("ann_r101_cityscapes", ["loss.class_weights=[1, 2]"])
+    with pytest.raises(ConfigError, match=r"loss\.class_weights\[1\] must be > 0"):
+        load_config("ann_r101_cityscapes", ["loss.class_weights=[1, 0]"])
+    with pytest.raises(ConfigError, match=r"must hold 60 weight\(s\), one per class of the pascal_context"):
+        load_config("ann_r101_pascal_context", ["loss.class_weights=[1, 2]"])
+    assert load_config("demo").loss.class_weights is None
