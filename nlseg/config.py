@@ -179,6 +179,10 @@ class DataConfig:
     contrast: NonNegativeFloat = 0.0
     saturation: NonNegativeFloat = 0.0
     num_workers: NonNegativeInt = 2
+    normalize: Literal["imagenet", "caffe"] = "imagenet"
+    """Input normalisation (``nlseg.data.transforms.NORMALIZATIONS``): ``imagenet`` (RGB, 0..1, ImageNet mean/std;
+    torchvision's weights) or ``caffe`` (BGR, 0..255, the caffe means, std 1; the released ANN weights). Saved
+    in the checkpoint, so evaluation and prediction normalise as training did."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the data set class (e.g. ``num_classes: 59`` for PASCAL Context)."""
     eval_options: dict[str, Any] = field(default_factory=dict)

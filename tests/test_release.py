@@ -133,3 +133,59 @@ def test_class_weights_are_checked_against_the_data_set_at_load() -> None:
     with pytest.raises(ConfigError, match=r"must hold 60 weight\(s\), one per class of the pascal_context"):
         load_config("ann_r101_pascal_context", ["loss.class_weights=[1, 2]"])
     assert load_config("demo").loss.class_weights is None
+
+
+# --- data.normalize, through a checkpoint ----------------------------------------------------------------
+
+
+def test_caffe_normalization_is_bgr_0_255_minus_the_caffe_means() -> None:
+    from nlseg.data.transforms import normalization
+
+    rgb = torch.tensor([0.2, 0.5, 1.0]).reshape(3, 1, 1)
+    caffe = normalization("caffe").image(rgb).flatten().tolist()
+    assert caffe == pytest.approx([255 - 102.9801, 127.5 - 115.9465, 51 - 122.7717], rel=1e-6)
+    imagenet = normalization("imagenet").image(rgb).flatten().tolist()
+    assert imagenet == pytest.approx([(0.2 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (1.0 - 0.406) / 0.225], rel=1e-6)
+
+
+def test_normalize_round_trip_through_the_checkpoint(tmp_path) -> None:
+    """A run trained with data.normalize=caffe: best.pt and last.pt carry it, and the Segmenter and
+    ``nlseg eval`` (given a recipe that says imagenet) normalise as training did."""
+    import dataclasses
+
+    from test_trainer import write_recipe
+
+    from nlseg.config import load_config
+    from nlseg.data.build import build_dataset
+    from nlseg.data.transforms import normalization
+    from nlseg.engine.checkpoint import load_checkpoint
+    from nlseg.engine.evaluate import evaluate, evaluate_checkpoint
+    from nlseg.engine.inference import Segmenter, build_model_from_checkpoint
+    from nlseg.engine.trainer import train
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=2, checkpoint_interval=2, evaluate=True)
+    cfg = load_config(recipe, ["data.normalize=caffe"])
+    train(cfg, tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(tmp_path / "run" / name)["config"]["data"]["normalize"] == "caffe", name
+
+    checkpoint = tmp_path / "run" / "best.pt"
+    segmenter = Segmenter.from_checkpoint(checkpoint)
+    assert segmenter.normalize == "caffe"
+    rgb = torch.rand(3, 40, 44, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = segmenter.model(normalization("caffe").image(rgb)[None])["out"][0].softmax(0)
+        other = segmenter.model(normalization("imagenet").image(rgb)[None])["out"][0].softmax(0)
+    probs = segmenter.predict_proba(rgb)
+    torch.testing.assert_close(probs, expected)
+    assert not torch.allclose(probs, other)
+
+    imagenet = load_config(recipe)  # the recipe says imagenet; the checkpoint's caffe wins
+    assert imagenet.data.normalize == "imagenet"
+    scored = evaluate_checkpoint(imagenet, checkpoint, device="cpu", progress=False)
+    model, _ = build_model_from_checkpoint(checkpoint, imagenet, "cpu")
+    for norm, same in (("caffe", True), ("imagenet", False)):
+        data = dataclasses.replace(imagenet, data=dataclasses.replace(imagenet.data, normalize=norm))
+        dataset = build_dataset(data, data.data.val_split, train=False)
+        direct = evaluate(model, dataset, data.eval, device="cpu", num_classes=dataset.num_classes, progress=False)
+        assert (direct["confusion_matrix"] == scored["confusion_matrix"]) is same, norm
