@@ -179,6 +179,10 @@ class DataConfig:
     contrast: NonNegativeFloat = 0.0
     saturation: NonNegativeFloat = 0.0
     num_workers: NonNegativeInt = 2
+    normalize: Literal["imagenet", "caffe"] = "imagenet"
+    """Input normalisation (``nlseg.data.transforms.NORMALIZATIONS``): ``imagenet`` (RGB, 0..1, ImageNet mean/std;
+    torchvision's weights) or ``caffe`` (BGR, 0..255, the caffe means, std 1; the released ANN weights). Saved
+    in the checkpoint, so evaluation and prediction normalise as training did."""
     options: dict[str, Any] = field(default_factory=dict)
     """Keyword options of the data set class (e.g. ``num_classes: 59`` for PASCAL Context)."""
     eval_options: dict[str, Any] = field(default_factory=dict)
@@ -197,6 +201,9 @@ class LossConfig:
     """... and at least this many of the hardest pixels per batch."""
     aux_weights: list[NonNegativeFloat] = field(default_factory=lambda: [0.4])
     """Weights of the auxiliary outputs, in the order the model returns them: one per auxiliary head."""
+    class_weights: list[PositiveFloat] | None = None
+    """One cross-entropy weight per class of the data set (the main loss, OHEM included, and the auxiliary
+    losses), or null for none; the released ANN Cityscapes run weighs its 19 classes."""
 
 
 @dataclass
@@ -403,6 +410,25 @@ def _dataset_options(cfg: Config) -> str | None:
     for name, p in params.items():
         if p.default is p.empty and name not in cfg.data.options:
             return f"data.options.{name} is required by the {cfg.data.dataset} data set and is not set"
+    return None
+
+
+def dataset_num_classes(cfg: Config) -> int | None:
+    """The number of classes of the recipe's data set with its options, or None where it is known only once read."""
+    options = cfg.data.options
+    if "num_classes" in options:
+        return options["num_classes"]
+    if "classes" in options:
+        return len(options["classes"])
+    return getattr(_dataset_class(cfg), "num_classes", 0) or None
+
+
+@_check("loss.class_weights", "data.dataset", rule="one weight per class of the data set")
+def _class_weights(cfg: Config) -> str | None:
+    weights, classes = cfg.loss.class_weights, dataset_num_classes(cfg)
+    if weights is not None and classes is not None and len(weights) != classes:
+        return (f"loss.class_weights must hold {classes} weight(s), one per class of the {cfg.data.dataset} data set, "
+                f"got {len(weights)}")
     return None
 
 

@@ -166,6 +166,39 @@ def test_output_sizes_channels_and_strides(name: str, output_stride: int, stem: 
         assert feature.shape[-2:] == (math.ceil(h / stride), math.ceil(w / stride))
 
 
+# Input side -> (stem conv side, layer1 side, layer4 side at output stride 8), floor and ceil-mode max-pool.
+# Stem conv 3x3/2 pad 1: ceil(n / 2). Max-pool 3x3/2 pad 1 on a side h: floor mode ceil(h / 2); ceil mode
+# h / 2 + 1 for even h (the last window starts on the last row), ceil(h / 2) for odd h. layer2: ceil(/ 2).
+STEM_SIZES = {
+    64: (32, {False: (16, 8), True: (17, 9)}),  # ≡ 0 (mod 4): the stem map is even, one more row
+    65: (33, {False: (17, 9), True: (17, 9)}),  # ≡ 1
+    66: (33, {False: (17, 9), True: (17, 9)}),  # ≡ 2
+    67: (34, {False: (17, 9), True: (18, 9)}),  # ≡ 3: one more row at layer1, the same at layer4
+    1024: (512, {False: (256, 128), True: (257, 129)}),  # Cityscapes: layer4 129 x 257 as released
+}
+
+
+@pytest.mark.parametrize("stem", ["classic", "deep"])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_stem_ceil_mode_at_every_residue_mod_4(stem: str, ceil_mode: bool) -> None:
+    model = resnet18(output_stride=8, stem=stem, width=2, stem_ceil_mode=ceil_mode).eval()
+    assert model.maxpool.ceil_mode is ceil_mode
+    for h, (_, by_mode) in STEM_SIZES.items():
+        if h == 1024:
+            continue  # below, on the stem alone
+        w = 64 + (h + 1) % 4  # another residue for the width
+        with torch.no_grad():
+            features = model(torch.randn(1, 3, h, w))
+        (l1_h, l4_h), (l1_w, l4_w) = by_mode[ceil_mode], STEM_SIZES[w][1][ceil_mode]
+        assert features["layer1"].shape[-2:] == (l1_h, l1_w), (h, w)
+        assert features["layer4"].shape[-2:] == (l4_h, l4_w), (h, w)
+    stem_side, (layer1, layer4) = STEM_SIZES[1024][0], STEM_SIZES[1024][1][ceil_mode]
+    with torch.no_grad():
+        pooled = model.maxpool(torch.zeros(1, 1, stem_side, 2 * stem_side))
+    assert pooled.shape[-2:] == (layer1, 2 * layer1 - (1 if ceil_mode else 0))
+    assert math.ceil(layer1 / 2) == layer4
+
+
 @pytest.mark.parametrize(
     "output_stride, layer3, layer4",
     [

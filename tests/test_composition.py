@@ -127,7 +127,7 @@ def test_every_model_builds_on_the_meta_device_fast():
 def test_backbone_options_are_one_place_and_options_of_every_model():
     fields = set(BackboneOptions().options())
     assert fields == {"backbone", "norm_layer", "backbone_width", "output_stride", "stem", "multi_grid",
-                      "dilate_first_block", "grad_checkpointing"}
+                      "dilate_first_block", "stem_ceil_mode", "grad_checkpointing"}
     for name in list_models():
         fixed = {"multi_grid", "dilate_first_block"} if name.startswith("ann") else set()
         assert set(model_options(name)) & fields == fields - fixed, name

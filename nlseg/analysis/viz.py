@@ -30,8 +30,8 @@ from nlseg.analysis.attention import pixel_attention
 from nlseg.config import Config, load_config
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
 from nlseg.data.base import read_image
-from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint
+from nlseg.data.transforms import normalization
+from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint, saved_normalize
 
 __all__ = [
     "CURVES_FIGSIZE",
@@ -167,15 +167,13 @@ def viz_attention(
         CheckpointError: the model has no attention block to draw.
     """
     matplotlib = _matplotlib()
-    _, model, _ = _load(recipe, checkpoint, overrides, device)
+    cfg, model, state = _load(recipe, checkpoint, overrides, device)
     rgb = read_image(image)  # (3, H, W)
     height, width = rgb.shape[-2:]
     y, x = pixel
     if not (0 <= y < height and 0 <= x < width):
         raise ConfigError(f"--pixel {y},{x} is outside the {height} x {width} image {image} (Y,X: row, column)")
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    batch = ((rgb - mean) / std)[None].to(device)  # (1, 3, H, W)
+    batch = normalization(saved_normalize(state, cfg.data.normalize)).image(rgb)[None].to(device)  # (1, 3, H, W)
     try:
         maps, index, grid = pixel_attention(model, batch, (y, x))
     except ValueError as err:

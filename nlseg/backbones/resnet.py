@@ -182,6 +182,10 @@ class ResNet(nn.Module):
         multi_grid: one factor per layer4 block, or None.
         dilate_first_block: give the first block of a dilated stage the stage's dilation instead of the
             previous one (released Denoised NL backbone); False follows torchvision.
+        stem_ceil_mode: the stem's max-pool rounds its output size up (``ceil_mode=True``, the released ANN
+            deep-base ResNet): an even stem map of side h gives h/2 + 1 instead of h/2, so an input side
+            ≡ 0 or 3 (mod 4) gives one more row or column at every later stage (1024 -> 129 at layer4,
+            not 128). False (torchvision, the released Denoised NL backbone) rounds down.
         norm_layer: normalisation class used everywhere (``nn.BatchNorm2d``, ``nn.SyncBatchNorm``, ...).
         in_channels: channels of the input image.
         width: base channel count; stage ``s`` has ``width * 2**s * block.expansion`` output channels
@@ -205,6 +209,7 @@ class ResNet(nn.Module):
         stem: str = "classic",
         multi_grid: tuple[int, ...] | None = None,
         dilate_first_block: bool = False,
+        stem_ceil_mode: bool = False,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         in_channels: int = 3,
         width: int = 64,
@@ -241,7 +246,7 @@ class ResNet(nn.Module):
             )
         self.bn1 = norm_layer(stem_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=stem_ceil_mode)
 
         self.stage_channels: dict[str, int] = {}
         self.stage_strides: dict[str, int] = {}
@@ -290,7 +295,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Args: x (B, in_channels, H, W). Returns {stage name: (B, stage_channels, ⌈H/s⌉, ⌈W/s⌉)}."""
+        """Args: x (B, in_channels, H, W). Returns {stage name: (B, stage_channels, ⌈H/s⌉, ⌈W/s⌉)}, each side one
+        larger with ``stem_ceil_mode`` where the stem map's side ⌈H/2⌉ is even."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         features: dict[str, Tensor] = {}
         for name in STAGES:
@@ -350,7 +356,7 @@ def resnet18(*, pretrained: str | os.PathLike[str] | None = None, **options: Any
     Args:
         pretrained: a local weights file (.pth, .pt, .safetensors) loaded strictly, or None.
         options: keyword options of :class:`ResNet` (output_stride, stem, multi_grid, dilate_first_block,
-            norm_layer, in_channels, width, zero_init_residual, checkpointing).
+            stem_ceil_mode, norm_layer, in_channels, width, zero_init_residual, checkpointing).
     """
     return _build(BasicBlock, (2, 2, 2, 2), pretrained, options)
 

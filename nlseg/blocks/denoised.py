@@ -16,8 +16,8 @@ CLASS_INPUTS = ("probs", "logits")
 class DenoisedNL(nn.Module):
     """Denoised NL: ``F' = γ · denoised_attention(q, k, v, p) + F`` with γ initialised to 0.
 
-    q and k are separate 1x1 convs to ``key_channels``, v a 1x1 conv to ``value_channels``; the
-    attention has no scale. Global Rectifying reads class probabilities p (B, K, H', W') from an
+    q and k are separate 1x1 convs to ``key_channels``, v a 1x1 conv to ``value_channels``, without bias as
+    released (``qkv_bias=True`` adds one to each); the attention has no scale. Global Rectifying reads class probabilities p (B, K, H', W') from an
     auxiliary head; when H' x W' differs from x's, the class map is resized bilinearly with
     align_corners=True (released model). With ``class_input="logits"`` the softmax over classes is
     taken after the resize, as DESIGN.md records for the released model.
@@ -34,6 +34,7 @@ class DenoisedNL(nn.Module):
         rectify: Global Rectifying on (needs a class map in ``forward``).
         retain: Local Retention on.
         class_input: "probs" if the class map is already a softmax over classes, "logits" otherwise.
+        qkv_bias: give the q, k and v convolutions a bias (the released block has none).
     """
 
     num_inputs = 2
@@ -48,6 +49,7 @@ class DenoisedNL(nn.Module):
         rectify: bool = True,
         retain: bool = True,
         class_input: str = "probs",
+        qkv_bias: bool = False,
     ) -> None:
         super().__init__()
         value_channels = in_channels if value_channels is None else value_channels
@@ -67,9 +69,9 @@ class DenoisedNL(nn.Module):
         self.class_input = class_input
         self.out_channels = in_channels
         self.fused = True
-        self.query = nn.Conv2d(in_channels, key_channels, 1)
-        self.key = nn.Conv2d(in_channels, key_channels, 1)
-        self.value = nn.Conv2d(in_channels, value_channels, 1)
+        self.query = nn.Conv2d(in_channels, key_channels, 1, bias=qkv_bias)
+        self.key = nn.Conv2d(in_channels, key_channels, 1, bias=qkv_bias)
+        self.value = nn.Conv2d(in_channels, value_channels, 1, bias=qkv_bias)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def class_probs(self, class_map: Tensor, size: tuple[int, int]) -> Tensor:

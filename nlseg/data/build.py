@@ -45,7 +45,7 @@ def check_dataset_options(dataset: str, options: dict[str, object], key: str = "
 def build_dataset(cfg: Config, split: str, *, train: bool) -> Dataset:
     """The recipe's data set for ``split``, with the training or the evaluation pipeline.
 
-    Training: random scale, crop, flip, colour jitter, normalisation (``cfg.data``). Evaluation: optional
+    Training: random scale, crop, flip, colour jitter, normalisation (``cfg.data``, ``data.normalize``). Evaluation: optional
     resize (``cfg.eval.size``), normalisation; labels stay at their full size. The data set is built with
     ``cfg.data.options``, updated by ``cfg.data.eval_options`` when ``train`` is false. ``cfg.data.root``
     is needed by every data set read from files and not used by a generated one (``synthetic``).
@@ -71,5 +71,6 @@ def build_dataset(cfg: Config, split: str, *, train: bool) -> Dataset:
         contrast=data.contrast,
         saturation=data.saturation,
         eval_size=None if train or cfg.eval.size is None else tuple(cfg.eval.size),
+        normalize=data.normalize,
     )
     return create_dataset(data.dataset, data.root if requires_root else None, split, transform=transform, **options)

@@ -26,8 +26,10 @@ from torch import Tensor
 from nlseg.data.base import IGNORE_INDEX, Sample, Transform
 
 __all__ = [
+    "CAFFE_MEAN_BGR",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NORMALIZATIONS",
     "ColorJitter",
     "Compose",
     "Normalize",
@@ -37,10 +39,13 @@ __all__ = [
     "Resize",
     "build_transforms",
     "collate",
+    "normalization",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
+"""The caffe means (B, G, R) on 0..255 that the released ANN weights expect (std 1)."""
 
 # ITU-R BT.601 luma weights, for contrast and saturation.
 _LUMA = (0.299, 0.587, 0.114)
@@ -302,26 +307,57 @@ class ColorJitter:
 
 
 class Normalize:
-    """Subtract the per-channel mean and divide by the standard deviation of a 0..1 image.
+    """Scale a 0..1 RGB image, optionally reverse its channels to BGR, subtract the per-channel mean and divide by
+    the standard deviation.
 
     Args:
-        mean: per-channel mean (ImageNet's by default, matching the pretrained backbones).
+        mean: per-channel mean, in the output's channel order and scale (ImageNet's by default).
         std: per-channel standard deviation.
+        scale: the image is multiplied by it first (255 for a 0..255 input).
+        bgr: reverse the channels (RGB -> BGR) before the mean is subtracted.
     """
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        *,
+        scale: float = 1.0,
+        bgr: bool = False,
+    ) -> None:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise ValueError(f"Normalize needs 3 means and 3 positive stds, got mean={mean!r}, std={std!r}")
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std, self.scale, self.bgr = tuple(mean), tuple(std), scale, bgr
+
+    def image(self, image: Tensor) -> Tensor:
+        """The normalised copy of a (3, H, W) or (B, 3, H, W) 0..1 RGB image, on its device."""
+        mean = torch.tensor(self.mean, dtype=image.dtype, device=image.device).reshape(3, 1, 1)
+        std = torch.tensor(self.std, dtype=image.dtype, device=image.device).reshape(3, 1, 1)
+        image = image * self.scale
+        if self.bgr:
+            image = image.flip(-3)  # (.., 3, H, W) RGB -> BGR
+        return (image - mean) / std
 
     def __call__(self, sample: Sample) -> Sample:
-        image = sample["image"]
-        mean = torch.tensor(self.mean, dtype=image.dtype).reshape(3, 1, 1)
-        std = torch.tensor(self.std, dtype=image.dtype).reshape(3, 1, 1)
-        return {**sample, "image": (image - mean) / std}
+        return {**sample, "image": self.image(sample["image"])}
 
     def __repr__(self) -> str:
-        return f"Normalize(mean={self.mean}, std={self.std})"
+        return f"Normalize(mean={self.mean}, std={self.std}, scale={self.scale:g}, bgr={self.bgr})"
+
+
+NORMALIZATIONS: dict[str, Normalize] = {
+    "imagenet": Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    "caffe": Normalize(CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), scale=255.0, bgr=True),
+}
+"""The input normalisations of ``data.normalize``: ``imagenet`` (RGB, 0..1, ImageNet mean and std: torchvision's
+weights) and ``caffe`` (BGR, 0..255, the caffe means, std 1: the released ANN weights)."""
+
+
+def normalization(name: str) -> Normalize:
+    """The :data:`NORMALIZATIONS` entry ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {name!r}; expected one of {list(NORMALIZATIONS)}")
+    return NORMALIZATIONS[name]
 
 
 def build_transforms(
@@ -336,8 +372,7 @@ def build_transforms(
     contrast: float = 0.0,
     saturation: float = 0.0,
     eval_size: int | tuple[int, int] | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    normalize: str = "imagenet",
     generator: torch.Generator | None = None,
 ) -> Compose:
     """The usual pipelines of a recipe (ANN §4.1: random scale 0.5-2.0, crop, flip, brightness).
@@ -357,8 +392,7 @@ def build_transforms(
         contrast: ``ColorJitter`` strength in training.
         saturation: ``ColorJitter`` strength in training.
         eval_size: evaluation resize (``Resize`` size); None keeps the image size.
-        mean: ``Normalize`` mean.
-        std: ``Normalize`` std.
+        normalize: the last step, a :data:`NORMALIZATIONS` name.
         generator: passed to every random transform (see module docstring).
 
     Returns:
@@ -366,7 +400,7 @@ def build_transforms(
     """
     if not train:
         steps: list[Transform] = [] if eval_size is None else [Resize(eval_size, resize_label=False)]
-        return Compose([*steps, Normalize(mean, std)])
+        return Compose([*steps, normalization(normalize)])
     if crop_size is None:
         raise ValueError("build_transforms(train=True) needs crop_size")
     steps = [
@@ -377,7 +411,7 @@ def build_transforms(
         steps.append(RandomHorizontalFlip(generator=generator))
     if brightness > 0 or contrast > 0 or saturation > 0:
         steps.append(ColorJitter(brightness, contrast, saturation, generator=generator))
-    return Compose([*steps, Normalize(mean, std)])
+    return Compose([*steps, normalization(normalize)])
 
 
 def collate(batch: Sequence[Sample]) -> Sample:

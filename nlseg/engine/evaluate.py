@@ -35,7 +35,12 @@ from nlseg.data.ade20k import ADE20K
 from nlseg.data.base import DatasetError
 from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.checkpoint import check_compatible
-from nlseg.engine.inference import build_model_from_checkpoint, predict_with_config, resolve_inference_device
+from nlseg.engine.inference import (
+    build_model_from_checkpoint,
+    predict_with_config,
+    resolve_inference_device,
+    saved_normalize,
+)
 from nlseg.engine.metrics import ConfusionMatrix
 
 __all__ = [
@@ -242,6 +247,8 @@ def evaluate_checkpoint(
     split = split or cfg.data.val_split
     device = resolve_inference_device(device)
     model, state = build_model_from_checkpoint(checkpoint, cfg, device)
+    # The checkpoint's normalisation, which its model was trained with, wins over the recipe's.
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize=saved_normalize(state, cfg.data.normalize)))
     dataset = build_dataset(cfg, split, train=False)
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from nlseg.config import Config, ConfigError, EvalConfig
 from nlseg.data import dataset_class
 from nlseg.data.base import DatasetError, index_palette, read_image
-from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from nlseg.data.transforms import normalization
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from nlseg.errors import OutputError
 
@@ -57,6 +57,7 @@ __all__ = [
     "plan_outputs",
     "predict_logits",
     "predict_paths",
+    "saved_normalize",
     "predict_probs",
     "predict_with_config",
     "resolve_inference_device",
@@ -332,6 +333,11 @@ def build_model_from_checkpoint(
     return model.to(resolve_inference_device(device)).eval(), state
 
 
+def saved_normalize(state: dict[str, Any], default: str = "imagenet") -> str:
+    """The ``data.normalize`` a checkpoint's model was trained with; ``default`` for a checkpoint without it."""
+    return ((state.get("config") or {}).get("data") or {}).get("normalize", default)
+
+
 class Segmenter:
     """Segment single images with a trained model, using a recipe's inference settings (ANN §4.2).
 
@@ -341,6 +347,7 @@ class Segmenter:
         palette: K RGB colours, one per class.
         eval_cfg: inference settings (mode, crop, stride, scales, flip, size); None: whole image, one scale.
         device: where the model runs (``auto``: CUDA when present).
+        normalize: the input normalisation the model was trained with (``data.normalize``).
     """
 
     def __init__(
@@ -351,6 +358,7 @@ class Segmenter:
         palette: Sequence[tuple[int, int, int]],
         eval_cfg: EvalConfig | None = None,
         device: str | torch.device = "cpu",
+        normalize: str = "imagenet",
     ) -> None:
         if len(palette) != len(class_names):
             raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
@@ -359,6 +367,8 @@ class Segmenter:
         self.class_names = list(class_names)
         self.palette = [tuple(int(c) for c in colour) for colour in palette]
         self.eval_cfg = eval_cfg or EvalConfig()
+        self.normalize = normalize
+        self._normalization = normalization(normalize)
 
     @classmethod
     def from_checkpoint(
@@ -383,11 +393,12 @@ class Segmenter:
         device: str | torch.device = "cpu",
     ) -> Segmenter:
         """A Segmenter for a model built from checkpoint ``state``: its class names (``class_0``, ... when
-        it has none) and the palette of data set ``dataset``."""
+        it has none), the palette of data set ``dataset`` and the normalisation it was trained with."""
         num_classes = state.get("num_classes") or len(state["class_names"])
         names = state.get("class_names") or [f"class_{k}" for k in range(num_classes)]
         palette = dataset_palette(dataset, num_classes)
-        return cls(model, class_names=names, palette=palette, eval_cfg=eval_cfg, device=device)
+        return cls(model, class_names=names, palette=palette, eval_cfg=eval_cfg, device=device,
+                   normalize=saved_normalize(state))
 
     @property
     def num_classes(self) -> int:
@@ -422,9 +433,8 @@ class Segmenter:
     def predict_proba(self, image: str | os.PathLike | Image.Image | np.ndarray | Tensor) -> Tensor:
         """(K, H, W) class probabilities of one image at its own size (see :func:`predict_probs`)."""
         rgb = self.to_tensor(image).to(self.device)  # (3, H, W)
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=self.device).view(3, 1, 1)
-        probs = predict_with_config(self.model, ((rgb - mean) / std)[None], self.eval_cfg, num_classes=self.num_classes)
+        image = self._normalization.image(rgb)[None]  # (1, 3, H, W)
+        probs = predict_with_config(self.model, image, self.eval_cfg, num_classes=self.num_classes)
         return probs[0]
 
     def predict(

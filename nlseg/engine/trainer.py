@@ -448,7 +448,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         cfg=cfg, work_dir=work_dir, dist_info=dist_info, device=device, model=model, net=model,
         optimizer=_optimizer(model, tcfg),
         scaler=torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
-        criterion=SegmentationLoss(cfg.loss, ignore_index=train_set.ignore_index),
+        criterion=SegmentationLoss(cfg.loss, ignore_index=train_set.ignore_index).to(device),
         batches=iter(()), val_set=None, class_names=list(train_set.classes), log=log,
     )
     if resume:

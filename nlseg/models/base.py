@@ -47,6 +47,7 @@ class BackboneOptions:
         multi_grid: layer4 multi-grid factors, or None.
         dilate_first_block: the first block of a dilated stage takes the stage's dilation (released
             Denoised NL backbone) instead of the previous one (torchvision).
+        stem_ceil_mode: the stem max-pool rounds up (``ceil_mode=True``, the released ANN deep-base ResNet).
         grad_checkpointing: recompute backbone activations in the backward pass to save memory.
     """
 
@@ -57,6 +58,7 @@ class BackboneOptions:
     stem: str = "classic"
     multi_grid: tuple[int, ...] | None = None
     dilate_first_block: bool = False
+    stem_ceil_mode: bool = False
     grad_checkpointing: bool = False
 
     fixed: frozenset[str] = dataclasses.field(default=frozenset(), repr=False)
@@ -82,6 +84,7 @@ class BackboneOptions:
             stem=self.stem,
             multi_grid=self.multi_grid,
             dilate_first_block=self.dilate_first_block,
+            stem_ceil_mode=self.stem_ceil_mode,
             norm_layer=self.norm_layer,
             width=self.backbone_width,
             checkpointing=self.grad_checkpointing,

@@ -9,6 +9,10 @@
     layer3 ─ conv3x3 -> 512 + BN + ReLU + Dropout2d(0.05) + conv1x1 -> K           (auxiliary, λ2 = 1; GR's input)
 
 Backbone as released: deep stem, output stride 8, every layer3 block dilated 2, layer4 dilations (4, 8, 16).
+Initialisation as released (``init="released"``, :func:`released_init`): every convolution, the backbone's
+included, ``kaiming_normal_(a=1)`` on its fan-in, every norm weight 1 and bias 0; then the ImageNet weights, if
+given, replace the backbone's. ``init="pytorch"`` keeps each module's own initialisation (the backbone's Kaiming
+fan-out, PyTorch's defaults elsewhere).
 "block" is the Denoised NL block (:func:`denoised_nl`), or another block in the same place for the
 comparison rows of Tables III and IV, or nothing (the tables' Baseline, ``dnl_baseline_r*``).
 
@@ -27,14 +31,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlseg.backbones import BasicBlock
+from nlseg.backbones import BasicBlock, load_backbone_weights
 from nlseg.blocks import block_options, create_block, list_blocks
 from nlseg.blocks.layers import ConvNormAct
 from nlseg.models.base import BackboneOptions, SegHead, Segmentor, build_aux_heads
 
-__all__ = ["DENOISED_NL_BACKBONE", "DenoisedNLDecoder", "comparison_block", "denoised_nl", "denoised_nl_pipeline"]
+__all__ = [
+    "DENOISED_NL_BACKBONE",
+    "INITS",
+    "DenoisedNLDecoder",
+    "comparison_block",
+    "denoised_nl",
+    "denoised_nl_pipeline",
+    "released_init",
+]
 
 HEAD_DROPOUT = 0.05
+INITS: tuple[str, ...] = ("released", "pytorch")
+"""Initialisations of the Denoised NL networks: the released code's (:func:`released_init`), or PyTorch's."""
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 DENOISED_NL_BACKBONE = BackboneOptions(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
 """The released Denoised NL backbone: deep stem, every layer3 block at dilation 2, layer4 at (4, 8, 16)."""
@@ -57,6 +72,8 @@ def denoised_nl(
     rectify: bool = True,
     retain: bool = True,
     detach_class_probs: bool = False,
+    qkv_bias: bool = False,
+    init: str = "released",
 ) -> Segmentor:
     """The Denoised NL network (§III-B, §III-F): the pipeline with the Denoised NL block at 1/16.
 
@@ -77,6 +94,8 @@ def denoised_nl(
         rectify: Global Rectifying on.
         retain: Local Retention on.
         detach_class_probs: stop GR's gradient from reaching the layer3 head (released: it does reach it).
+        qkv_bias: give the block's q, k and v convolutions a bias (released: none).
+        init: ``"released"`` (:func:`released_init`) or ``"pytorch"`` (each module's own initialisation).
     """
     block = functools.partial(
         create_block,
@@ -86,6 +105,7 @@ def denoised_nl(
         rectify=rectify,
         retain=retain,
         class_input="logits",
+        qkv_bias=qkv_bias,
     )  # DenoisedNL has no norm: it takes no norm_layer
     return _pipeline(
         lambda channels, norm_layer: block(channels),
@@ -98,6 +118,7 @@ def denoised_nl(
         dropout=dropout,
         global_context=global_context,
         align_corners=align_corners,
+        init=init,
     )
 
 
@@ -111,6 +132,7 @@ def denoised_nl_pipeline(
     dropout: float = HEAD_DROPOUT,
     global_context: bool = True,
     align_corners: bool = True,
+    init: str = "released",
 ) -> Segmentor:
     """The Denoised NL paper's pipeline (Fig. 3) with any block of ``nlseg.blocks.list_blocks()``, or none, at 1/16.
 
@@ -126,6 +148,7 @@ def denoised_nl_pipeline(
         global_context: add the paper's global-context branch to the concatenation (the released model
             has none).
         align_corners: of the bilinear resizes, the x2 upsampling included (released: True).
+        init: ``"released"`` (:func:`released_init`) or ``"pytorch"`` (each module's own initialisation).
     """
     if isinstance(block, str):
         if block not in list_blocks():
@@ -142,6 +165,7 @@ def denoised_nl_pipeline(
         dropout=dropout,
         global_context=global_context,
         align_corners=align_corners,
+        init=init,
     )
 
 
@@ -165,10 +189,14 @@ def _pipeline(
     dropout: float,
     global_context: bool,
     align_corners: bool,
+    init: str,
 ) -> Segmentor:
-    """Backbone, the layer2 and layer3 auxiliary heads, and the pipeline's decoder around ``block``."""
+    """Backbone, the layer2 and layer3 auxiliary heads, and the pipeline's decoder around ``block``; initialised
+    by ``init``, then the backbone's pretrained weights loaded."""
+    if init not in INITS:
+        raise ValueError(f"Denoised NL pipeline: unknown init {init!r}; expected one of {INITS}")
     norm_layer = backbone_options.norm_layer
-    backbone = backbone_options.build(pretrained_backbone)
+    backbone = backbone_options.build()
     aux_heads = build_aux_heads(
         backbone.stage_channels,
         ("layer2", "layer3"),
@@ -206,7 +234,23 @@ def _pipeline(
         detach_class_probs=detach_class_probs,
         align_corners=align_corners,
     )
-    return Segmentor(backbone, decoder, aux_heads, num_classes=num_classes, align_corners=align_corners)
+    model = Segmentor(backbone, decoder, aux_heads, num_classes=num_classes, align_corners=align_corners)
+    if init == "released":
+        released_init(model)
+    if pretrained_backbone is not None:
+        load_backbone_weights(backbone, pretrained_backbone)
+    return model
+
+
+def released_init(model: nn.Module) -> None:
+    """The released Denoised NL network's initialisation: every Conv2d weight ``kaiming_normal_(a=1)`` (fan-in,
+    gain 1: std 1/sqrt(fan-in)), every norm weight 1 and bias 0; conv biases keep PyTorch's default."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, a=1)
+        elif isinstance(module, _NORMS) and getattr(module, "weight", None) is not None:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
 
 class DenoisedNLDecoder(nn.Module):

@@ -25,12 +25,16 @@ from nlseg.models.base import BackboneOptions
 from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
 from nlseg.models.fcn import fcn
 
-__all__ = ["ANN_INPUT", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
+__all__ = ["ANN_INPUT", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
 ANN_INPUT: tuple[int, int] = (1024, 2048)
 """(H, W) at which ANN measures its networks (Table 2: whole 2048 x 1024 Cityscapes images)."""
 DNL_INPUT: tuple[int, int] = (768, 768)
 """(H, W) at which the Denoised NL paper measures its networks (Table V: 1 x 3 x 768 x 768)."""
+
+ANN_RELEASED_BACKBONE: Mapping[str, Any] = MappingProxyType(dict(stem="deep", stem_ceil_mode=True))
+"""Options that give the backbone ANN's released code trains (``deepbase_resnet101_dilated8``): the paper's rows
+were measured on it, so every ANN recipe sets them."""
 
 DNL_BASELINE_AS_FCN: Mapping[str, Any] = MappingProxyType(
     dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
@@ -144,7 +148,8 @@ def _entries() -> list[ZooEntry]:
             f"{name}_r101", r101, "ANN", "6",
             f"{row} (R-101)", ANN_INPUT, miou=miou, block=context,
             params_m=63.17 if full else None, memory_mb=3375 if full else None, inference_s=0.611 if full else None,
-            variants=(ZooVariant("ANN released code: deep-stem ResNet-101", {"stem": "deep"}),) if full else ()))
+            variants=(ZooVariant("ANN released code: deep-base ResNet-101, ceil-mode stem pool (the recipes)",
+                                 ANN_RELEASED_BACKBONE, miou),)))
     r18 = _on(DENOISED_NL_BACKBONE, 18, multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
     entries += [
         ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=r18), "demo", "",
