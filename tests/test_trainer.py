@@ -185,7 +185,7 @@ def test_two_process_torchrun_trains_and_evaluates(tmp_path):
     work = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "nlseg", "train", str(recipe), "--work-dir", str(work),
     ]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

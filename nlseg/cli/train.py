@@ -31,6 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from nlseg.config import load_config
+    from nlseg.engine.distributed import close_distributed
     from nlseg.engine.trainer import train
     from nlseg.engine.workdir import resume_config
 
@@ -45,3 +46,4 @@ def run(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.recipe, args.overrides, purpose="train")
     train(cfg, work_dir, resume=args.resume, overwrite=args.overwrite)
+    close_distributed()

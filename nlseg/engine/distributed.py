@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device"]
+__all__ = ["DistInfo", "close_distributed", "init_distributed", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,11 @@ def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def close_distributed() -> None:
+    """Leave the process group, if any, once every process got here (a process that exits while another is
+    still talking to it makes that one abort)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
