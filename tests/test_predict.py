@@ -14,7 +14,8 @@ from nlseg.cli import main
 from nlseg.config import EvalConfig, load_config
 from nlseg.data import Cityscapes
 from nlseg.engine.checkpoint import save_checkpoint
-from nlseg.engine.inference import Segmenter, estimate_peak_memory, plan_outputs, predict_logits, predict_probs
+from nlseg.engine.inference import Segmenter, predict_logits, predict_probs
+from nlseg.engine.predict import estimate_peak_memory, plan_outputs
 
 TINY_MODEL = {"backbone_width": 8, "head_channels": 16}
 WHOLE = ["--set", "eval.mode=whole", "eval.flip=false"]
@@ -176,9 +177,9 @@ def test_max_size_predicts_downscaled_and_returns_the_full_size(tiny, tmp_path: 
 
 
 def test_a_large_image_gets_one_warning_with_the_expected_memory(tiny, tmp_path: Path, capsys, monkeypatch):
-    import nlseg.engine.inference as inference
+    import nlseg.engine.predict as predict_module
 
-    monkeypatch.setattr(inference, "LARGE_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(predict_module, "LARGE_IMAGE_PIXELS", 1000)
     images = tmp_path / "images"
     images.mkdir()
     _photo(images / "a.png", 40, 60, seed=0)

@@ -46,14 +46,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nlseg.config import load_config
-    from nlseg.engine.inference import (
-        Segmenter,
-        build_model_from_checkpoint,
-        collect_images,
-        plan_outputs,
-        predict_paths,
-        resolve_inference_device,
-    )
+    from nlseg.engine.inference import Segmenter, build_model_from_checkpoint, resolve_inference_device
+    from nlseg.engine.predict import collect_images, plan_outputs, predict_paths
 
     cfg = load_config(args.recipe, args.overrides)
     inputs, passed_over = collect_images(args.input)
