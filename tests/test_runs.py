@@ -215,6 +215,8 @@ def test_paper_recipe_without_imagenet_weights_warns():
     assert paper_weights_warning(load_config("denoised_nl_r101_cityscapes", ["model.pretrained_backbone=w.pth"])) is None
     assert paper_weights_warning(load_config("denoised_nl_r101_cityscapes", ["model.init_from=w/last.pt"])) is None
     assert paper_weights_warning(load_config("demo")) is None  # trained from scratch on the embedded set by design
+    # a recipe for your own data on a model that is no paper row (ResNet-18) is no paper recipe
+    assert paper_weights_warning(load_config("custom_folder", ["data.root=/data"])) is None
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, monkeypatch, capsys):

@@ -403,10 +403,19 @@ def _resume(run: Run) -> None:
 def paper_weights_warning(cfg: Config) -> str | None:
     """A warning line for a paper recipe about to train from random weights, else None.
 
-    The papers' numbers start from ImageNet backbones; the embedded synthetic set (the demo) is trained
-    from scratch by design and gets no warning.
+    The papers' numbers start from ImageNet backbones. A recipe counts as a paper recipe when its model is a
+    paper row (the zoo holds a paper mIoU for it); the demo and ``custom_folder`` (ResNet-18, no paper row)
+    and runs on the embedded synthetic set get no warning.
     """
-    if not cfg.paper or cfg.data.dataset == "synthetic" or cfg.model.pretrained_backbone or cfg.model.init_from:
+    from nlseg.models import zoo_entry
+
+    if cfg.model.pretrained_backbone or cfg.model.init_from or cfg.data.dataset == "synthetic":
+        return None
+    try:
+        paper_row = zoo_entry(cfg.model.name).miou is not None
+    except ValueError:  # a model registered outside the zoo
+        paper_row = False
+    if not paper_row:
         return None
     return (f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; this run "
             "starts from random weights (--set model.pretrained_backbone=FILE)")
