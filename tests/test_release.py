@@ -107,6 +107,10 @@ def test_class_weighted_ohem_against_a_hand_computed_case() -> None:
     # weighted sum is still divided by the number of pixels, not by the sum of their weights.
     _, parts = _loss("ohem", 4, WEIGHTS)
     assert parts["main"].item() == pytest.approx(aux * 5 / 4, rel=1e-12)
+    # A heavy class-1 weight must not pull the easy 0.9 pixel into the selection (exp(-6·l) = 0.53 <= 0.7
+    # would, if the selection read the weighted loss): still the same 3 pixels, divided by 3.
+    _, heavy = _loss("ohem", 1, [2.0, 6.0])
+    assert heavy["main"].item() == pytest.approx((2 * -ln(0.5) + 6 * -ln(0.2) + 2 * -ln(0.4)) / 3, rel=1e-12)
     _, unweighted = _loss("ohem", 1, None)
     assert unweighted["main"].item() == pytest.approx((-ln(0.5) - ln(0.2) - ln(0.4)) / 3, rel=1e-12)
 
