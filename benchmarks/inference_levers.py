@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
                 runs.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
-    print(f"| model | configuration | time (s) | vs as built | peak tensor MiB | peak RSS MiB |")
+    print("| model | configuration | time (s) | vs as built | peak tensor MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
     for model_name in args.models:
         built = statistics.median(r["s"] for r in runs if r["model"] == model_name and r["config"] == "as built")

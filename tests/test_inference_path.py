@@ -25,13 +25,12 @@ from PIL import Image
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-import nlseg
 from nlseg.cli import main
 from nlseg.config import load_config
 from nlseg.data import SyntheticContext
-from nlseg.errors import ConfigError
 from nlseg.engine.checkpoint import save_checkpoint
 from nlseg.engine.inference import InferenceModel, InferenceOptions, Segmenter, prepare_for_inference
+from nlseg.errors import ConfigError
 from nlseg.models import create_model, list_models, model_options
 from nlseg.models.fold import fold_batchnorm
 

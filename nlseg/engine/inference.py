@@ -49,6 +49,7 @@ from nlseg.data import dataset_class
 from nlseg.data.base import index_palette, read_image
 from nlseg.data.transforms import normalization
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from nlseg.models.fold import fold_batchnorm
 
 __all__ = [
     "AMP_DTYPES",
@@ -140,7 +141,7 @@ class InferenceModel(nn.Module):
         amp = self.options.amp != "off"
         with torch.autocast(x.device.type, dtype=AMP_DTYPES.get(self.options.amp), enabled=amp):
             result = self.model(x, with_aux=self.options.aux) if self.takes_with_aux else self.model(x)
-        return {"out": result["out"].float(), "aux": [logits.float() for logits in result["aux"]]}
+        return {"out": result["out"].float(), "aux": [logits.float() for logits in result.get("aux", [])]}
 
 
 def prepare_for_inference(
@@ -160,11 +161,12 @@ def prepare_for_inference(
     Returns:
         an :class:`InferenceModel`: ``forward(x)`` gives ``{"out", "aux"}`` in float32.
     """
-    from nlseg.models.fold import fold_batchnorm
-
     if isinstance(model, InferenceModel):
         raise TypeError("prepare_for_inference: the model is already prepared; pass the model it was prepared from")
-    model = (model if inplace else copy.deepcopy(model)).eval().requires_grad_(False)
+    if not inplace:
+        model = copy.deepcopy(model)
+        model.zero_grad(set_to_none=True)  # the copy's gradients: the trained model's, of no use here
+    model.eval().requires_grad_(False)
     if options.fold_bn:
         fold_batchnorm(model)
     if options.channels_last:
@@ -449,14 +451,15 @@ class Segmenter:
     Args:
         model: returns ``{"out": logits}``; taken over: moved to ``device`` and prepared in place by
             :func:`prepare_for_inference` (eval mode, batch norm folded, ...), so pass a copy of a model you
-            will train further.
+            will train further. An :class:`InferenceModel` is used as it is.
         class_names: the K class names.
         palette: K RGB colours, one per class.
         eval_cfg: inference settings (mode, crop, stride, scales, flip, size, and the levers of
             :class:`InferenceOptions`); None: the defaults (whole image, one scale).
         device: where the model runs (``auto``: CUDA when present).
         normalize: the input normalisation the model was trained with (``data.normalize``).
-        options: how the model is prepared (:class:`InferenceOptions`); None: from ``eval_cfg``.
+        options: how the model is prepared (:class:`InferenceOptions`); None: from ``eval_cfg``. Ignored for
+            an :class:`InferenceModel`.
     """
 
     def __init__(
@@ -474,8 +477,11 @@ class Segmenter:
             raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
         self.device = resolve_inference_device(device)
         self.eval_cfg = eval_cfg or EvalConfig()
-        self.options = options or InferenceOptions.from_eval(self.eval_cfg)
-        self.model = prepare_for_inference(model.to(self.device), self.options, inplace=True)
+        if isinstance(model, InferenceModel):
+            self.model, self.options = model.to(self.device), model.options
+        else:
+            self.options = options or InferenceOptions.from_eval(self.eval_cfg)
+            self.model = prepare_for_inference(model.to(self.device), self.options, inplace=True)
         self.class_names = list(class_names)
         self.palette = [tuple(int(c) for c in colour) for colour in palette]
         self.normalize = normalize

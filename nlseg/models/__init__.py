@@ -5,7 +5,8 @@ Every row of ANN's Table 6 and of the Denoised NL paper's Tables II-IV is one ``
 reproduces and its figures. A model is a :class:`Segmentor` composed by a family builder (:func:`fcn`,
 :func:`ann`, :func:`denoised_nl_pipeline`, :func:`denoised_nl`) from a backbone (:class:`BackboneOptions`),
 auxiliary heads and the family's decoder. Its forward returns ``{"out": logits, "aux": [logits, ...]}``,
-all at the input's resolution.
+all at the input's resolution ("aux" empty in eval mode unless ``with_aux=True``).
+:func:`nlseg.models.fold.fold_batchnorm` folds its batch norms into the convolutions for inference.
 """
 from nlseg.models.ann import ANNDecoder, ann
 from nlseg.models.base import BackboneOptions, SegHead, Segmentor, build_aux_heads

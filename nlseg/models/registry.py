@@ -99,7 +99,8 @@ def create_model(
         options: the model's options by keyword (see :func:`model_options`).
 
     Returns:
-        The model; ``model(x)`` returns ``{"out": (B, K, H, W), "aux": [(B, K, H, W), ...]}``.
+        The model; ``model(x)`` returns ``{"out": (B, K, H, W), "aux": [(B, K, H, W), ...]}`` (in eval mode
+        "aux" is ``[]`` unless ``model(x, with_aux=True)``).
 
     Raises:
         ValueError: unknown name (the message lists the registered ones and the closest match).
