@@ -12,9 +12,9 @@ the first round only and reports the median of three passes after the warm-up.
 Configurations: ``as built`` (``model(x, with_aux=True)`` in eval mode, what nlseg ran before the inference
 path), each lever of :class:`~nlseg.engine.inference.InferenceOptions` alone (``no aux``, ``fold bn``,
 ``channels last``, ``bf16``, ``compile``), all exact levers together (no aux + fold bn + channels last) and
-those with bf16. Memory: the peak of tensor memory allocated during one pass
+those with bf16. Memory: the peak of tensor memory allocated during one pass, in the first round
 (:class:`~nlseg.analysis.memory.PeakMemory`; not measurable for compiled code, whose buffers bypass the
-dispatcher) and the process's peak resident set (weights, Python and allocator included).
+dispatcher), and the process's peak resident set over the rounds (weights, Python and allocator included).
 """
 from __future__ import annotations
 
@@ -45,8 +45,9 @@ CONFIGS: dict[str, InferenceOptions | None] = {
 }
 
 
-def child(model_name: str, config: str, size: tuple[int, int], threads: int, passes: int) -> dict:
-    """One configuration in this process: warm-up, ``passes`` timed passes, one pass under PeakMemory."""
+def child(model_name: str, config: str, size: tuple[int, int], threads: int, passes: int, memory: bool) -> dict:
+    """One configuration in this process: warm-up, ``passes`` timed passes, with ``memory`` one pass under
+    PeakMemory."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=19).eval()
@@ -65,7 +66,7 @@ def child(model_name: str, config: str, size: tuple[int, int], threads: int, pas
             run(x)
             times.append(time.perf_counter() - start)
         peak = float("nan")
-        if not (options and options.compile):
+        if memory and not (options and options.compile):
             with PeakMemory("cpu") as mem:
                 run(x)
             peak = mem.peak_mib
@@ -82,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), help="configurations")
     parser.add_argument("--json", help="also write every run as JSON here")
     parser.add_argument("--child", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     size = tuple(args.size)
     if args.child:
         passes = 3 if args.child[1] == "compile" else 1
-        print(json.dumps(child(*args.child, size, args.threads, passes)))
+        print(json.dumps(child(*args.child, size, args.threads, passes, args.memory)))
         return 0
     runs = []
     for round_index in range(args.rounds):
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 if config == "compile" and round_index > 0:
                     continue
                 command = [sys.executable, __file__, "--child", model_name, config, "--size", *map(str, size),
-                           "--threads", str(args.threads)]
+                           "--threads", str(args.threads), *(["--memory"] if round_index == 0 else [])]
                 result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
                 runs.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for config in args.configs:
             mine = [r for r in runs if r["model"] == model_name and r["config"] == config]
             seconds = statistics.median(r["s"] for r in mine)
-            peak, rss = max(r["peak_mib"] for r in mine), max(r["rss_mib"] for r in mine)
+            peak, rss = mine[0]["peak_mib"], max(r["rss_mib"] for r in mine)  # peak: the first round's
             peak_text = "—" if peak != peak else f"{peak:.0f}"
             print(f"| {model_name} | {config} | {seconds:.2f} | {built / seconds:.2f}x | {peak_text} | {rss:.0f} |")
     if args.json:
