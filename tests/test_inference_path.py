@@ -124,6 +124,33 @@ def test_exact_levers_equal_the_eager_model(name: str, image: torch.Tensor):
         assert relative_error(a, b) <= EXACT
 
 
+@pytest.mark.parametrize(
+    "name, options, reads",
+    [
+        ("denoised_nl_r18", {}, ["layer3"]),  # Global Rectifying's class map
+        ("denoised_nl_r18", {"rectify": False}, []),
+        ("dnl_baseline_r18", {}, []),
+        ("fcn_r18", {}, []),
+        ("ann_r50", {"key_channels": 8, "value_channels": 8}, []),
+    ],
+)
+def test_without_aux_only_the_heads_the_decoder_reads_run(name: str, options: dict, reads: list[str]):
+    model = create_model(name, num_classes=NUM_CLASSES, **SMALL, **options)
+    assert list(model.decoder.aux_inputs) == reads
+    ran: list[str] = []
+    for stage, head in model.aux_heads.items():
+        head.register_forward_hook(lambda *_, stage=stage: ran.append(stage))
+    x = torch.randn(2, 3, *SIZE)
+    model.train()
+    assert len(model(x)["aux"]) == len(model.aux_heads) and ran == list(model.aux_heads)  # training: every head
+    model.eval()
+    for with_aux, expected in ((None, reads), (False, reads), (True, list(model.aux_heads))):
+        ran.clear()
+        with torch.no_grad():
+            result = model(x, with_aux=with_aux)
+        assert ran == expected and len(result["aux"]) == (len(expected) if with_aux else 0)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_autocast_is_within_the_stated_tolerance(name: str, image: torch.Tensor):
     model = build(name)
