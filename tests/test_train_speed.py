@@ -3,6 +3,9 @@ checkpoints are the plain model's, loadable and resumable whichever switches are
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -200,3 +203,19 @@ def test_bench_train_measures_loader_step_and_loop_per_lever(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("nlseg bench: error: --levers: unknown lever(s) fast; known: as_built, channels_last, compile, "
                    "bf16, all")
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_with_compile_channels_last_and_accumulation(tmp_path):
+    """DDP with the compiled wrapper (dynamo's DDP graph splitting) and no_sync micro-batches: trains, saves plain keys."""
+    recipe = write_recipe(tmp_path / "r.yaml", iters=3, checkpoint_interval=3, grad_accum=2, compile=True,
+                          channels_last=True)
+    work = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NLSEG_COMPILE_BACKEND": "eager"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nlseg", "train", str(recipe), "--work-dir", str(work)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "× 2 processes" in result.stdout
+    _loads_into_a_plain_model(work / "last.pt", "fcn_r18")
+    assert load_checkpoint(work / "last.pt")["iteration"] == 3

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -64,9 +65,10 @@ __all__ = [
     "validate",
 ]
 
-COMPILE_BACKEND = "inductor"
-"""The ``torch.compile`` backend of ``train.compile``; tests set ``"eager"`` or ``"aot_eager"`` (the same graph
-capture without inductor's code generation, which takes minutes on a small CPU)."""
+COMPILE_BACKEND: str | Callable = os.environ.get("NLSEG_COMPILE_BACKEND", "inductor")
+"""The ``torch.compile`` backend of ``train.compile`` (environment variable ``NLSEG_COMPILE_BACKEND``, default
+inductor). Tests use ``"eager"`` or ``"aot_eager"``: the same graph capture without inductor's code generation,
+which takes minutes on a small CPU."""
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to mix seeds
 _MASK = (1 << 63) - 1
