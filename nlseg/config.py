@@ -227,7 +227,8 @@ class TrainConfig:
     channels_last: bool = False
     """Keep the model's weights and the input batches in channels-last (NHWC) memory layout; same function."""
     compile: bool = False
-    """Run the training forward through ``torch.compile`` (inductor); the first steps pay the compilation.
+    """Run the training forward through ``torch.compile`` (inductor, or the backend named by the environment
+    variable ``NLSEG_COMPILE_BACKEND``); the first steps pay the compilation.
     Checkpoints and validation use the plain model."""
     seed: NonNegativeInt = 0
     checkpoint_interval: PositiveInt = 1_000
