@@ -224,6 +224,12 @@ class TrainConfig:
     amp: Literal["off", "bf16", "fp16"] = "off"
     """Mixed precision: off, bf16 or fp16 (fp16 only on CUDA, with loss scaling). YAML's ``off`` is read as off."""
     grad_checkpointing: bool = False
+    channels_last: bool = False
+    """Keep the model's weights and the input batches in channels-last (NHWC) memory layout; same function."""
+    compile: bool = False
+    """Run the training forward through ``torch.compile`` (inductor, or the backend named by the environment
+    variable ``NLSEG_COMPILE_BACKEND``); the first steps pay the compilation.
+    Checkpoints and validation use the plain model."""
     seed: NonNegativeInt = 0
     checkpoint_interval: PositiveInt = 1_000
     eval_interval: NonNegativeInt = 0

@@ -133,6 +133,8 @@ BAD_VALUES = [
     ("train.seed=-1", "train.seed must be >= 0, got -1"),
     ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     ("train.tensorboard=maybe", "train.tensorboard must be bool, got 'maybe'"),
+    ("train.channels_last=nhwc", "train.channels_last must be bool, got 'nhwc'"),
+    ("train.compile=inductor", "train.compile must be bool, got 'inductor'"),
     ("data.crop_size=0", "data.crop_size[0] must be >= 1, got 0"),
     ("data.crop_size=[8, 8, 8]", "data.crop_size must be [H, W] or one number for a square, got [8, 8, 8]"),
     ("data.scale_range=[2, 1]", "data.scale_range must be [low, high] with low <= high, got [2.0, 1.0]"),

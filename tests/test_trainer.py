@@ -141,11 +141,6 @@ def test_diverging_run_stops_with_message_and_keeps_finite_checkpoint(tmp_path, 
     assert "iteration" in err and "Traceback" not in err
 
 
-def test_bf16_autocast_trains(tmp_path):
-    cfg = load_config(write_recipe(tmp_path / "r.yaml", iters=3, amp="bf16"))
-    assert train(cfg, tmp_path / "w")["iteration"] == 3
-
-
 def test_gradient_accumulation_consumes_the_same_samples(tmp_path):
     """batch 4 in 2 micro-batches of 2 reads the same serials as one batch of 4."""
     from nlseg.engine.distributed import DistInfo

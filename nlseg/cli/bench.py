@@ -1,4 +1,4 @@
-"""``nlseg bench {ops,blocks,models,table5} ...``: efficiency reports (FLOPs, memory, time).
+"""``nlseg bench {ops,blocks,models,table5,train} ...``: efficiency reports (FLOPs, memory, time).
 
 Each subcommand turns its arguments into one call of a table module of :mod:`nlseg.analysis.tables`,
 prints the report's Markdown and, with ``--json``, writes its records. Sizes are written ``HxW`` (rows x
@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nlseg.cli.common import add_recipe
 from nlseg.errors import ConfigError
 
-TARGETS = ("ops", "blocks", "models", "table5")
+TARGETS = ("ops", "blocks", "models", "table5", "train")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -121,6 +122,19 @@ def add_parser(sub) -> None:
                    help="skip the released Denoised NL when its maps would exceed this (default 12 GiB)")
     _common(t)
 
+    t = targets.add_parser(
+        "train", help="a recipe's training speed: data loader alone, step alone, full loop, per speed switch",
+        description="A recipe's training speed in images/s: its data loader alone (transforms, data.num_workers), "
+        "the training step alone on a fixed batch (forward, backward, optimizer), and the full loop, for the recipe "
+        "as built and with each speed switch on (train.channels_last, train.compile, train.amp=bf16, all), the "
+        "levers alternating, median of the repeats.",
+    )
+    add_recipe(t)
+    t.add_argument("--levers", type=_names, default=["as_built", "channels_last", "compile", "bf16", "all"],
+                   help="comma-separated levers (default as_built,channels_last,compile,bf16,all)")
+    t.add_argument("--steps", type=int, default=2, help="optimiser steps per timed window (default 2)")
+    _common(t)
+
 
 def _check_names(what: str, flag: str, names: list[str], known: list[str]) -> None:
     unknown = [name for name in names if name not in known]
@@ -165,6 +179,13 @@ def run(args: argparse.Namespace) -> None:
         _check_names("model", "--models", args.models, list_models())
         report = models_table(args.models, args.size, batch_size=args.batch_size, num_classes=args.num_classes,
                               train=args.train, **common)
+    elif args.target == "train":
+        from nlseg.analysis.tables.train_speed import LEVERS, train_speed_table
+        from nlseg.config import load_config
+
+        _check_names("lever", "--levers", args.levers, list(LEVERS))
+        cfg = load_config(args.recipe, args.overrides, purpose="train")
+        report = train_speed_table(cfg, levers=args.levers, steps=args.steps, **common)
     else:
         from nlseg.analysis.tables.dnl_table5 import table5
 

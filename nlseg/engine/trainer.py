@@ -11,11 +11,18 @@ model's own randomness (dropout) is reseeded from ``(seed, rank, iteration)`` at
 learning rate is a function of the iteration. So a run resumed from ``last.pt`` at iteration t sees
 exactly the batches and dropout masks that the uninterrupted run saw from t on, whatever the number
 of data-loading workers.
+
+Speed switches that leave the function alone: ``train.channels_last`` keeps weights and batches in NHWC
+layout, ``train.compile`` runs the training forward through ``torch.compile`` (of the DDP wrapper under
+DDP, as PyTorch recommends, so that its graphs split at the gradient buckets), ``train.amp`` autocasts to
+bf16 or fp16. Checkpoints and validation always use the plain model, so a checkpoint's keys never depend
+on them and a run may be resumed with them changed.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -44,6 +51,7 @@ from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
 
 __all__ = [
+    "COMPILE_BACKEND",
     "IterationSampler",
     "Run",
     "TrainingDiverged",
@@ -57,6 +65,11 @@ __all__ = [
     "train_step",
     "validate",
 ]
+
+COMPILE_BACKEND: str | Callable = os.environ.get("NLSEG_COMPILE_BACKEND", "inductor")
+"""The ``torch.compile`` backend of ``train.compile`` (environment variable ``NLSEG_COMPILE_BACKEND``, default
+inductor). Tests use ``"eager"`` or ``"aot_eager"``: the same graph capture without inductor's code generation,
+which takes minutes on a small CPU."""
 
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to mix seeds
 _MASK = (1 << 63) - 1
@@ -182,6 +195,10 @@ def _autocast(cfg: TrainConfig, device: torch.device):
             raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
         return torch.autocast("cuda", dtype=torch.float16)
     raise ConfigError(f"train.amp must be off, bf16 or fp16, got {cfg.amp!r}")
+
+
+def _memory_format(cfg: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def _all_finite(values: dict[str, torch.Tensor], dist_info: DistInfo) -> dict[str, float]:
@@ -327,9 +344,9 @@ class Run:
     dist_info: DistInfo
     device: torch.device
     model: nn.Module
-    """The model itself (saved in checkpoints, evaluated)."""
+    """The model itself (saved in checkpoints, evaluated), never compiled."""
     net: nn.Module
-    """What the step calls: the model, or its DistributedDataParallel wrapper."""
+    """What the step calls: the model, or its DistributedDataParallel wrapper; compiled with ``train.compile``."""
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     criterion: SegmentationLoss
@@ -453,7 +470,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # PyTorch's SyncBatchNorm is CUDA-only
     elif dist_info.enabled:
         log.print("note: SyncBatchNorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
-    model.to(device)
+    model.to(device, memory_format=_memory_format(tcfg))
     run = Run(
         cfg=cfg, work_dir=work_dir, dist_info=dist_info, device=device, model=model, net=model,
         optimizer=_optimizer(model, tcfg),
@@ -469,6 +486,8 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         log.print(f"resumed from {run.last_path} at iteration {run.start_iter}")
     if dist_info.enabled:
         run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    if tcfg.compile:
+        run.net = torch.compile(run.net, backend=COMPILE_BACKEND)
     loader = DataLoader(
         _SeededSamples(train_set, tcfg.seed),
         batch_sampler=IterationSampler(len(train_set), tcfg, start_iter=run.start_iter, dist_info=dist_info),
@@ -499,7 +518,7 @@ def train_step(run: Run, it: int) -> tuple[dict[str, float], float]:
     run.optimizer.zero_grad(set_to_none=True)
     for a in range(tcfg.grad_accum):
         batch = next(run.batches)
-        images = batch["image"].to(run.device, non_blocking=True)
+        images = batch["image"].to(run.device, non_blocking=True, memory_format=_memory_format(tcfg))
         labels = batch["label"].to(run.device, non_blocking=True)
         sync = run.net.no_sync() if run.dist_info.enabled and a < tcfg.grad_accum - 1 else nullcontext()
         with sync:

@@ -49,10 +49,13 @@ RESUMABLE_KEYS: tuple[str, ...] = (
     "train.log_interval",
     "train.checkpoint_interval",
     "train.iters",
+    "train.channels_last",
+    "train.compile",
 )
 """The recipe fields a resume may change: where the data lies, how it is read, the cadence of
-evaluation, logging and checkpoints, and ``train.iters`` to extend the run. Anything else would make
-the continued run a different experiment."""
+evaluation, logging and checkpoints, ``train.iters`` to extend the run, and the speed switches that
+leave the function alone (memory layout, compilation; the sums' order may change the last bits). Anything
+else would make the continued run a different experiment."""
 
 
 def holds_run(work_dir: str | os.PathLike) -> bool:
