@@ -26,7 +26,7 @@ from torch import nn
 
 from nlseg.analysis.measure import count_flops
 from nlseg.blocks import create_block
-from nlseg.models import ZOO, DenoisedNLDecoder, create_model, list_models
+from nlseg.models import ZOO, DenoisedNLDecoder, Segmentor, create_model, list_models
 
 NUM_CLASSES = 19
 
@@ -72,7 +72,8 @@ def gflop(model: nn.Module, *shape: int, extra: tuple = ()) -> float:
     with torch.device("meta"):
         inputs = (torch.empty(*shape), *(torch.empty(*s) for s in extra))
     with torch.no_grad():
-        return count_flops(lambda: model(*inputs)) / 1e9
+        kwargs = {"with_aux": True} if isinstance(model, Segmentor) else {}  # the auxiliary heads counted, as before
+        return count_flops(lambda: model(*inputs, **kwargs)) / 1e9
 
 
 def millions(model: nn.Module, skip: str | None = None) -> float:

@@ -247,6 +247,16 @@ class EvalConfig:
     flip: bool = False
     size: Size | None = None
     """Resize images to (H, W) before inference; logits are resized back to the label's size."""
+    aux: bool = False
+    """Also run the auxiliary heads the decoder does not read (their logits are unused by a prediction)."""
+    fold_bn: bool = True
+    """Fold every batch norm into the convolution before it (exact up to float rounding)."""
+    channels_last: bool = True
+    """Weights and images in channels-last memory layout (exact; faster convolutions on CPU and recent GPUs)."""
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
+    compile: bool = False
+    """``torch.compile`` the model (the first image of each size compiles; pays off over many images)."""
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_every_recipe_is_valid(name):
     # one loss weight per auxiliary output of the model (built narrow: only the head count matters)
     model = create_model(cfg.model.name, num_classes=3, **{**cfg.model.options, "backbone_width": 8}).eval()
     with torch.no_grad():
-        aux = model(torch.zeros(1, 3, 33, 33))["aux"]
+        aux = model(torch.zeros(1, 3, 33, 33), with_aux=True)["aux"]
     assert len(cfg.loss.aux_weights) == len(aux)
 
 

@@ -46,6 +46,7 @@ from nlseg.blocks import (
     PositionAttention,
     RCCAModule,
 )
+from nlseg.models.base import Segmentor
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("NLSEG_REGENERATE_GOLDEN") == "1"
@@ -110,8 +111,8 @@ def run_and_fingerprint(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> 
     """Eval-mode outputs, then train-mode outputs with dropout off, and the gradients of a fixed scalar."""
     fill_weights(module)
     module.eval()
-    with torch.no_grad():
-        eval_out = module(*inputs)
+    with torch.no_grad():  # a model's eval outputs with its auxiliary heads, as stored
+        eval_out = module(*inputs, with_aux=True) if isinstance(module, Segmentor) else module(*inputs)
     for m in module.modules():  # train mode (batch statistics), without dropout's randomness
         if isinstance(m, nn.Dropout2d | nn.Dropout):
             m.p = 0.0

@@ -36,8 +36,10 @@ from nlseg.data.base import DatasetError
 from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.checkpoint import check_compatible
 from nlseg.engine.inference import (
+    InferenceOptions,
     build_model_from_checkpoint,
     predict_with_config,
+    prepare_for_inference,
     resolve_inference_device,
     saved_normalize,
 )
@@ -115,7 +117,8 @@ def evaluate(
     exports its own images. The model is put in eval mode and given back in the mode it came in.
 
     Args:
-        model: returns ``{"out": logits}`` at its input's size.
+        model: returns ``{"out": logits}`` at its input's size, run as given (prepare it with
+            :func:`~nlseg.engine.inference.prepare_for_inference` for the recipe's inference levers).
         dataset: an nlseg data set (``classes``, ``ignore_index``) yielding normalised ``image``
             (3, H, W), ``label`` (H', W') and ``name``; the probabilities are resized to the label's
             size when the image was resized (``eval.size``). Images without a label (a test split)
@@ -220,7 +223,8 @@ def evaluate_checkpoint(
     export_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score a checkpoint on a split of the recipe's data set (``nlseg eval``) with the recipe's inference settings.
+    """Score a checkpoint on a split of the recipe's data set (``nlseg eval``) with the recipe's inference settings,
+    the model prepared by ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.amp``, ``eval.compile``.
 
     The checkpoint is read and checked against the recipe's model first, then the data set is built and
     the class counts compared, so a wrong file is reported before the data set is scanned. Both
@@ -253,6 +257,7 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")
     check_compatible(state, model_name=cfg.model.name, num_classes=dataset.num_classes, path=checkpoint)
+    model = prepare_for_inference(model, InferenceOptions.from_eval(cfg.eval), inplace=True)  # this call owns it
     metrics = evaluate(
         model, dataset, cfg.eval, device=device, num_classes=dataset.num_classes, export_dir=export_dir,
         progress=progress,

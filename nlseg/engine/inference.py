@@ -1,4 +1,12 @@
-"""Inference: whole-image or sliding-window prediction, multi-scale and flip testing, the Segmenter API.
+"""Inference: the inference-only model, whole-image or sliding-window prediction, multi-scale and flip testing,
+the Segmenter API.
+
+:func:`prepare_for_inference` turns a trained model into one that does only inference's work
+(:class:`InferenceOptions`, the recipe's ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.amp``,
+``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the convolutions,
+channels-last tensors, optional bf16/fp16 autocast and ``torch.compile``. The exact levers (aux, folding,
+layout) keep the float32 output to float rounding; autocast trades precision for speed
+(``tests/test_inference_path.py`` states the tolerances).
 
 How predictions are merged (ANN §4.2 "Inference Settings": multi-scale whole-image testing with
 left-right flips for ADE20K and PASCAL Context, multi-scale sliding crops with flips for Cityscapes):
@@ -19,12 +27,16 @@ Segmenting folders of image files (``nlseg predict``) is :mod:`nlseg.engine.pred
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
 import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,19 +51,127 @@ from nlseg.data.transforms import normalization
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
 
 __all__ = [
+    "AMP_DTYPES",
     "IMAGE_SUFFIXES",
+    "InferenceModel",
+    "InferenceOptions",
     "Segmenter",
     "build_model_from_checkpoint",
     "dataset_palette",
     "predict_logits",
     "predict_probs",
     "predict_with_config",
+    "prepare_for_inference",
     "resolve_inference_device",
     "saved_normalize",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _MODES = ("whole", "slide")
+
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""The autocast dtype of each ``amp`` setting other than ``off``."""
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """What :func:`prepare_for_inference` does to a model; a recipe's ``eval`` section sets them (:meth:`from_eval`).
+
+    Args:
+        aux: also return the auxiliary heads' logits (deep supervision's outputs, unused by a prediction);
+            False runs only the heads the decoder reads (the Denoised NL class map for Global Rectifying).
+        fold_bn: fold every batch norm into the convolution before it (:func:`nlseg.models.fold.fold_batchnorm`).
+        channels_last: weights and input in channels-last memory layout (faster convolutions on CPU and on
+            tensor-core GPUs).
+        amp: ``off``, or autocast to ``bf16`` / ``fp16`` inside the forward (outputs are float32 again).
+        compile: ``torch.compile`` the model (the first call at each input size compiles).
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to check tracing).
+    """
+
+    aux: bool = False
+    fold_bn: bool = True
+    channels_last: bool = True
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    def __post_init__(self) -> None:
+        if self.amp != "off" and self.amp not in AMP_DTYPES:
+            raise ValueError(f"InferenceOptions.amp must be one of off, {', '.join(AMP_DTYPES)}; got {self.amp!r}")
+
+    @classmethod
+    def from_eval(cls, eval_cfg: EvalConfig, **changes: Any) -> InferenceOptions:
+        """The options of a recipe's ``eval`` section (``eval.aux``, ``eval.fold_bn``, ...), with ``changes``."""
+        fields = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(cls) if hasattr(eval_cfg, f.name)}
+        return cls(**{**fields, **changes})
+
+
+class InferenceModel(nn.Module):
+    """A model prepared for inference by :func:`prepare_for_inference`; its forward keeps the model's contract.
+
+    ``forward(x)`` returns ``{"out": (B, K, H, W), "aux": [...]}`` in float32, like the model in eval mode
+    (``aux`` empty unless ``options.aux``; a model whose forward takes no ``with_aux`` returns what it returns).
+    It cannot be put back in training mode.
+
+    Args:
+        model: the prepared model (folded, laid out, compiled as ``options`` say), in eval mode.
+        options: what was done to it.
+    """
+
+    def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
+        super().__init__()
+        self.model = model
+        self.options = options
+        self.num_classes = getattr(model, "num_classes", None)
+        self.align_corners = bool(getattr(model, "align_corners", False))
+        self.takes_with_aux = "with_aux" in inspect.signature(model.forward).parameters
+        super().train(False)
+
+    def train(self, mode: bool = True) -> InferenceModel:
+        """Eval mode only: a folded or compiled model is for inference (train the original model instead)."""
+        if mode:
+            raise RuntimeError("an InferenceModel is for inference only; train the model it was prepared from")
+        return super().train(False)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
+        """x (B, 3, H, W) float32 -> {"out": (B, K, H, W) float32, "aux": [(B, K, H, W) float32, ...]}."""
+        if self.options.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        amp = self.options.amp != "off"
+        with torch.autocast(x.device.type, dtype=AMP_DTYPES.get(self.options.amp), enabled=amp):
+            result = self.model(x, with_aux=self.options.aux) if self.takes_with_aux else self.model(x)
+        return {"out": result["out"].float(), "aux": [logits.float() for logits in result["aux"]]}
+
+
+def prepare_for_inference(
+    model: nn.Module, options: InferenceOptions = InferenceOptions(), *, inplace: bool = False
+) -> InferenceModel:
+    """A module that does only inference's work with ``model``'s weights (see :class:`InferenceOptions`).
+
+    The model passed in is left unchanged: the returned module runs on a deep copy (eval mode, no gradients),
+    so a model that is still trained can be prepared for validation. ``inplace=True`` prepares ``model``
+    itself instead, saving the copy, for a caller that owns it and will not train it again.
+
+    Args:
+        model: a segmentor whose forward takes ``with_aux`` (:class:`nlseg.models.base.Segmentor`).
+        options: which levers to apply.
+        inplace: fold and re-lay-out ``model`` itself rather than a copy.
+
+    Returns:
+        an :class:`InferenceModel`: ``forward(x)`` gives ``{"out", "aux"}`` in float32.
+    """
+    from nlseg.models.fold import fold_batchnorm
+
+    if isinstance(model, InferenceModel):
+        raise TypeError("prepare_for_inference: the model is already prepared; pass the model it was prepared from")
+    model = (model if inplace else copy.deepcopy(model)).eval().requires_grad_(False)
+    if options.fold_bn:
+        fold_batchnorm(model)
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if options.compile:
+        model.compile(backend=options.compile_backend)
+    return InferenceModel(model, options)
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -327,12 +447,16 @@ class Segmenter:
     """Segment single images with a trained model, using a recipe's inference settings (ANN §4.2).
 
     Args:
-        model: returns ``{"out": logits}``; put in eval mode and moved to ``device``.
+        model: returns ``{"out": logits}``; taken over: moved to ``device`` and prepared in place by
+            :func:`prepare_for_inference` (eval mode, batch norm folded, ...), so pass a copy of a model you
+            will train further.
         class_names: the K class names.
         palette: K RGB colours, one per class.
-        eval_cfg: inference settings (mode, crop, stride, scales, flip, size); None: whole image, one scale.
+        eval_cfg: inference settings (mode, crop, stride, scales, flip, size, and the levers of
+            :class:`InferenceOptions`); None: the defaults (whole image, one scale).
         device: where the model runs (``auto``: CUDA when present).
         normalize: the input normalisation the model was trained with (``data.normalize``).
+        options: how the model is prepared (:class:`InferenceOptions`); None: from ``eval_cfg``.
     """
 
     def __init__(
@@ -344,28 +468,36 @@ class Segmenter:
         eval_cfg: EvalConfig | None = None,
         device: str | torch.device = "cpu",
         normalize: str = "imagenet",
+        options: InferenceOptions | None = None,
     ) -> None:
         if len(palette) != len(class_names):
             raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
         self.device = resolve_inference_device(device)
-        self.model = model.to(self.device).eval()
+        self.eval_cfg = eval_cfg or EvalConfig()
+        self.options = options or InferenceOptions.from_eval(self.eval_cfg)
+        self.model = prepare_for_inference(model.to(self.device), self.options, inplace=True)
         self.class_names = list(class_names)
         self.palette = [tuple(int(c) for c in colour) for colour in palette]
-        self.eval_cfg = eval_cfg or EvalConfig()
         self.normalize = normalize
         self._normalization = normalization(normalize)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, *, device: str | torch.device = "cpu", eval_cfg: EvalConfig | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        eval_cfg: EvalConfig | None = None,
+        options: InferenceOptions | None = None,
     ) -> Segmenter:
-        """A Segmenter for a checkpoint; ``eval_cfg`` None uses the recipe's settings saved in it."""
+        """A Segmenter for a checkpoint; ``eval_cfg`` None uses the recipe's settings saved in it, ``options``
+        None the inference levers of ``eval_cfg``."""
         model, state = build_model_from_checkpoint(path, device=device)
         saved = state.get("config") or {}
         if eval_cfg is None:
             eval_cfg = Config.from_dict({"eval": saved.get("eval", {})}, source=f"checkpoint {path}").eval
         dataset = saved.get("data", {}).get("dataset", "")
-        return cls.from_state(model, state, dataset=dataset, eval_cfg=eval_cfg, device=device)
+        return cls.from_state(model, state, dataset=dataset, eval_cfg=eval_cfg, device=device, options=options)
 
     @classmethod
     def from_state(
@@ -376,6 +508,7 @@ class Segmenter:
         dataset: str,
         eval_cfg: EvalConfig | None = None,
         device: str | torch.device = "cpu",
+        options: InferenceOptions | None = None,
     ) -> Segmenter:
         """A Segmenter for a model built from checkpoint ``state``: its class names (``class_0``, ... when
         it has none), the palette of data set ``dataset`` and the normalisation it was trained with."""
@@ -383,7 +516,7 @@ class Segmenter:
         names = state.get("class_names") or [f"class_{k}" for k in range(num_classes)]
         palette = dataset_palette(dataset, num_classes)
         return cls(model, class_names=names, palette=palette, eval_cfg=eval_cfg, device=device,
-                   normalize=saved_normalize(state))
+                   normalize=saved_normalize(state), options=options)
 
     @property
     def num_classes(self) -> int:

@@ -38,6 +38,7 @@ from nlseg.data.transforms import collate
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
+from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.engine.losses import SegmentationLoss
 from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start_run, write_text_atomic
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
@@ -550,8 +551,10 @@ def save_last(run: Run, iteration: int) -> None:
 
 def validate(run: Run, iteration: int) -> dict[str, Any]:
     """Score the validation split; a strictly better mIoU than any before in the run replaces ``best.pt``."""
+    # On a copy (run.model trains on), not compiled: each validation's new copy would compile again.
+    model = prepare_for_inference(run.model, InferenceOptions.from_eval(run.cfg.eval, compile=False))
     metrics = evaluate(
-        run.model, run.val_set, run.cfg.eval, device=run.device, num_classes=len(run.class_names),
+        model, run.val_set, run.cfg.eval, device=run.device, num_classes=len(run.class_names),
         progress=run.dist_info.is_main,
     )
     run.log.record("val", iteration, {k: metrics[k] for k in ("mIoU", "mAcc", "aAcc")})

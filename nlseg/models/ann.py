@@ -103,6 +103,9 @@ class ANNDecoder(nn.Module):
         classifier: the head's channels -> K.
     """
 
+    aux_inputs: tuple[str, ...] = ()
+    """The auxiliary logits the decoder reads: none."""
+
     def __init__(
         self,
         fusion: nn.Module | None,

@@ -170,12 +170,15 @@ class Segmentor(nn.Module):
 
     ``forward``: backbone stage maps -> the auxiliary logits of each head's stage -> ``decoder(features, aux)``
     (the Denoised NL network's Global Rectifying reads ``aux["layer3"]``) -> every logit map bilinearly resized to
-    the input. State-dict keys: ``backbone.*``, ``aux_heads.<stage>.*``, ``decoder.*``; checkpoints from before the
-    decoder was a module (its keys at the top level) load unchanged.
+    the input. Outside training the auxiliary heads the decoder does not read are skipped (``with_aux``): a
+    decoder names the stages it reads in its ``aux_inputs`` attribute. State-dict keys: ``backbone.*``,
+    ``aux_heads.<stage>.*``, ``decoder.*``; checkpoints from before the decoder was a module (its keys at the top
+    level) load unchanged.
 
     Args:
         backbone: returns the stage maps ``{"layer1": ..., "layer4": ...}`` of an image batch.
-        decoder: ``decoder(features, aux) -> (B, K, h, w)`` main-branch logits.
+        decoder: ``decoder(features, aux) -> (B, K, h, w)`` main-branch logits; its ``aux_inputs`` (a tuple of
+            stages) names the auxiliary logits it reads (a decoder without it gets every head's).
         aux_heads: a head per backbone stage, logits (B, K, h, w) from that stage's map; output order.
         num_classes: number of classes K.
         align_corners: of the bilinear resizes to the input (both papers' code: True).
@@ -199,13 +202,23 @@ class Segmentor(nn.Module):
         self.decoder = decoder
         self.register_load_state_dict_pre_hook(_move_legacy_decoder_keys)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
-        """x (B, 3, H, W) -> {"out": (B, K, H, W), "aux": [(B, K, H, W) per auxiliary head]}."""
+    def forward(self, x: Tensor, *, with_aux: bool | None = None) -> dict[str, Tensor | list[Tensor]]:
+        """x (B, 3, H, W) -> {"out": (B, K, H, W), "aux": [(B, K, H, W) per auxiliary head]}.
+
+        Args:
+            x: a normalised image batch.
+            with_aux: return every auxiliary head's logits (deep supervision needs them); None: in training mode.
+                Without them only the heads the decoder reads (``decoder.aux_inputs``; every head for a decoder
+                without that attribute) are run, "aux" is ``[]``, and "out" is the same, bit for bit.
+        """
+        with_aux = self.training if with_aux is None else with_aux
         features = self.backbone(x)  # {"layer1": (B, C1, H/4, W/4), ..., "layer4": (B, C4, H/8, W/8)}
-        aux = {stage: head(features[stage]) for stage, head in self.aux_heads.items()}  # (B, K, h, w) each
+        read = tuple(self.aux_heads) if with_aux else getattr(self.decoder, "aux_inputs", tuple(self.aux_heads))
+        aux = {stage: head(features[stage]) for stage, head in self.aux_heads.items() if stage in read}  # (B, K, h, w)
         out = self.decoder(features, aux)  # (B, K, H/8, W/8)
         size = tuple(x.shape[-2:])
-        return {"out": self.resize(out, size), "aux": [self.resize(logits, size) for logits in aux.values()]}
+        outputs = [self.resize(logits, size) for logits in aux.values()] if with_aux else []
+        return {"out": self.resize(out, size), "aux": outputs}
 
     def resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear resize to ``size`` with the model's ``align_corners``."""

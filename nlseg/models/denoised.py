@@ -290,6 +290,11 @@ class DenoisedNLDecoder(nn.Module):
         self.detach_class_probs = detach_class_probs
         self.align_corners = align_corners
 
+    @property
+    def aux_inputs(self) -> tuple[str, ...]:
+        """The auxiliary logits the decoder reads: ``class_stage``'s (Global Rectifying's class map), if any."""
+        return () if self.class_stage is None else (self.class_stage,)
+
     def apply_block(self, x: Tensor, aux: dict[str, Tensor]) -> Tensor:
         """The block on the reduced map x (B, C, h, w); ``aux`` holds the auxiliary logits by stage."""
         if self.block is None:

@@ -58,6 +58,9 @@ class FCNDecoder(nn.Module):
         head: (B, C4, h, w) -> (B, K, h, w), a :class:`~nlseg.models.base.SegHead`.
     """
 
+    aux_inputs: tuple[str, ...] = ()
+    """The auxiliary logits the decoder reads: none."""
+
     def __init__(self, head: nn.Module) -> None:
         super().__init__()
         self.head = head
