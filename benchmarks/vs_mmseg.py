@@ -14,31 +14,39 @@ What is measured, identically on both sides:
 
 - ``infer``: one forward pass of a 1 x 3 x 512 x 1024 image in eval mode under ``torch.no_grad()``, logits
   resized to the input. mmseg runs ``EncoderDecoder.inference`` (decode head only; its auxiliary head is a
-  training-time head). nlseg runs the model as built (``{"out", "aux"}``: its auxiliary heads too) and through
-  ``nlseg.engine.inference.prepare_for_inference`` with each lever alone and with all exact levers together.
+  training-time head). nlseg runs the model itself (``with_aux``: every auxiliary head too, as nlseg did before
+  its inference path; ``as_built``: ``model(x)`` in eval mode, only the heads the decoder reads) and through
+  ``nlseg.engine.inference.prepare_for_inference`` with each lever alone and with the exact levers together.
 - ``train``: one training step on a 2 x 3 x 512 x 512 batch with random labels: forward in train mode,
   cross-entropy on the main output plus 0.4 x cross-entropy on each auxiliary output (mmseg: its own
   ``EncoderDecoder.loss``, which is that), backward, ``torch.optim.SGD(lr=0.01, momentum=0.9,
   weight_decay=5e-4)`` step.
 - Time: every measurement runs in a fresh process (nlseg with this Python, mmseg with the mmseg venv's), with
   ``torch.set_num_threads(--threads)``; one untimed warm-up pass, then ``--repeats`` timed passes; the median.
-  The processes of one network alternate between the two libraries (nlseg as_built, mmseg, nlseg levers...; with
-  ``--rounds 2`` a second round in reverse order), so load from other work on the machine hits both sides.
+  The processes of one network alternate between the two libraries (nlseg's first column, mmseg, nlseg's
+  other columns; with ``--rounds 2`` a second round in reverse order), so load from other work on the machine
+  hits both sides.
 - Peak memory: after the warm-up, freed heap is returned to the system (``malloc_trim``) and the kernel's
   resident-set high-water mark is reset (``/proc/self/clear_refs``); the peak is the high-water mark over the
   timed passes minus the resident set just before them, in MiB: what the pass itself adds to the process
-  (activations, workspaces, gradients and optimizer state for ``train``), with the model already resident.
+  (activations and workspaces; for ``train`` also the gradients), with the model, and SGD's momentum buffers
+  from the warm-up step, already resident.
+- GFLOPs and parameters: the warm-up forward pass counted by PyTorch's ``FlopCounterMode`` (nlseg's side by
+  ``nlseg.analysis.measure.count_flops``, which adds the in-place products nlseg's ops use), 2 per
+  multiply-add; parameters without the auxiliary heads.
 
-Columns (``infer``): nlseg as built; each lever alone (``no_aux``, ``fold_bn``, ``channels_last``, ``bf16``,
-``compile`` with ``--compile``); ``exact`` = no_aux + fold_bn + channels_last; mmseg; ``mmseg / best exact``
-(> 1: nlseg faster). ``train``: nlseg as built, ``channels_last`` (model and batch), ``compile`` with
-``--compile``, mmseg. The full default table (5 networks x 2 depths) takes about an hour on 2 CPU cores;
-``--quick`` is a smoke run (ANN R-50, small input, one repeat, two columns).
+Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
+``channels_last``, ``bf16``, ``compile`` with ``--compile``), ``exact`` = fold_bn + channels_last, mmseg, and
+``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster). ``train``: nlseg ``as_built``,
+``channels_last`` (model and batch), ``compile`` with ``--compile``, mmseg. The full default table (5 networks
+x 2 depths) takes more than an hour on 2 CPU cores; ``--quick`` is a smoke run (ANN R-50, small inputs, one
+repeat, two nlseg columns).
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import statistics
@@ -97,14 +105,17 @@ NETWORKS: dict[str, Network] = {
     ),
 }
 
-# Inference levers: column -> keyword arguments of nlseg.engine.inference.InferenceOptions (None: as built).
+# Inference columns of nlseg: column -> keyword arguments of nlseg.engine.inference.InferenceOptions, or None for the
+# model itself in eval mode ("with_aux": forward(x, with_aux=True), every auxiliary head computed as before the
+# inference path existed; "as_built": forward(x), only the heads the decoder reads). Each lever alone is on top
+# of "as_built"; "exact" is every lever that keeps float32 results exact up to rounding.
 INFER_LEVERS: dict[str, dict | None] = {
+    "with_aux": None,
     "as_built": None,
-    "no_aux": dict(aux=False, fold_bn=False, channels_last=False, amp="off", compile=False),
-    "fold_bn": dict(aux=True, fold_bn=True, channels_last=False, amp="off", compile=False),
-    "channels_last": dict(aux=True, fold_bn=False, channels_last=True, amp="off", compile=False),
-    "bf16": dict(aux=True, fold_bn=False, channels_last=False, amp="bf16", compile=False),
-    "compile": dict(aux=True, fold_bn=False, channels_last=False, amp="off", compile=True),
+    "fold_bn": dict(aux=False, fold_bn=True, channels_last=False, amp="off", compile=False),
+    "channels_last": dict(aux=False, fold_bn=False, channels_last=True, amp="off", compile=False),
+    "bf16": dict(aux=False, fold_bn=False, channels_last=False, amp="bf16", compile=False),
+    "compile": dict(aux=False, fold_bn=False, channels_last=False, amp="off", compile=True),
     "exact": dict(aux=False, fold_bn=True, channels_last=True, amp="off", compile=False),
 }
 EXACT = "exact"
@@ -187,11 +198,12 @@ def _nlseg_infer(job: Job, x):
     if options is not None:
         from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 
-        model = prepare_for_inference(model, InferenceOptions(**options))
+        model = prepare_for_inference(model, InferenceOptions(**options), inplace=True)
+    forward = functools.partial(model, with_aux=True) if job.lever == "with_aux" else model
 
     def step():
         with torch.no_grad():
-            return model(x)["out"]
+            return forward(x)["out"]
 
     return step, params
 
@@ -553,7 +565,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--mmseg-python", type=Path, default=DEFAULT_MMSEG_PYTHON,
                         help="Python of the mmseg venv (default: .venv-mmseg/bin/python, from mmseg_env.sh)")
     parser.add_argument("--profile", action="store_true",
-                        help="print torch.profiler's top operators of one more pass (as built, exact, mmseg)")
+                        help="print torch.profiler's top operators of one more pass (as_built, exact, mmseg)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one measuring process may take")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

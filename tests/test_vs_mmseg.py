@@ -27,12 +27,11 @@ vs = _load_benchmark()
 
 
 def test_columns_alternate_libraries_nlseg_first_then_mmseg_then_levers():
-    levers = ["as_built", "no_aux", "exact", "channels_last"]
-    assert vs.plan_columns("infer", levers, True) == ["as_built", "mmseg", "no_aux", "channels_last", "exact"]
-    assert vs.plan_columns("infer", levers, False) == ["as_built", "no_aux", "channels_last", "exact"]
-    # train knows only its own levers: no_aux and exact are inference levers
+    levers = ["as_built", "with_aux", "exact", "channels_last"]
+    assert vs.plan_columns("infer", levers, True) == ["with_aux", "mmseg", "as_built", "channels_last", "exact"]
+    assert vs.plan_columns("infer", levers, False) == ["with_aux", "as_built", "channels_last", "exact"]
+    # train knows only its own levers: with_aux and exact are inference columns
     assert vs.plan_columns("train", levers, True) == ["as_built", "mmseg", "channels_last"]
-
 
 def test_table_ratio_compares_mmseg_with_exact_column_and_marks_architectural_rows():
     def result(seconds: float, peak: float, params: float, gflops: float | None = None):
