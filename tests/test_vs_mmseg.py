@@ -1,0 +1,92 @@
+"""benchmarks/vs_mmseg.py without mmsegmentation: the table from given numbers, the column plan, the config
+rewrite, and one real nlseg measurement in its own process (mmseg is never imported here)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from nlseg.analysis.measure import count_flops
+from nlseg.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("vs_mmseg", ROOT / "benchmarks" / "vs_mmseg.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vs_mmseg"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+vs = _load_benchmark()
+
+
+def test_columns_alternate_libraries_nlseg_first_then_mmseg_then_levers():
+    levers = ["as_built", "with_aux", "exact", "channels_last"]
+    assert vs.plan_columns("infer", levers, True) == ["with_aux", "mmseg", "as_built", "channels_last", "exact"]
+    assert vs.plan_columns("infer", levers, False) == ["with_aux", "as_built", "channels_last", "exact"]
+    # train knows only its own levers: with_aux and exact are inference columns
+    assert vs.plan_columns("train", levers, True) == ["as_built", "mmseg", "channels_last"]
+
+def test_table_ratio_compares_mmseg_with_exact_column_and_marks_architectural_rows():
+    def result(seconds: float, peak: float, params: float, gflops: float | None = None):
+        return vs.Result([seconds + 1.0, seconds, seconds - 0.5], peak, params, gflops)  # median = seconds
+
+    rows = [
+        vs.Row("ann", 50, "infer", {"as_built": result(4.0, 1000, 43.8, 700), "exact": result(2.0, 800, 43.8, 650),
+                                    "mmseg": result(3.0, 1200, 43.9, 690)}),
+        vs.Row("nl", 50, "infer", {"as_built": result(5.0, 900, 40.0), "mmseg": result(4.0, 1000, 48.0)}),
+        vs.Row("ann", 50, "train", {"as_built": result(6.0, 2000, 43.8), "mmseg": None}, {"mmseg": "boom"}),
+    ]
+    table = vs.format_table(rows)
+    lines = table.splitlines()
+    ann = next(line for line in lines if line.startswith("| ANN R-50 | 4.00 s"))
+    assert ann == ("| ANN R-50 | 4.00 s | 2.00 s | 3.00 s | **1.50×** (exact) | 800 / 1200 | 43.8 / 43.9 | "
+                   "650 / 690 |")
+    nl = next(line for line in lines if line.startswith("| NL R-50 †"))
+    assert "| **0.80×** (as_built) | 900 / 1000 | 40.0 / 48.0 | — |" in nl  # no exact column: as built; no FLOPs
+    train = next(line for line in lines if line.startswith("| ANN R-50 | 6.00 s"))
+    assert train == "| ANN R-50 | 6.00 s | — | — | — | — |"
+    assert "- failed: ann R-50 train mmseg: boom" in lines
+    assert "### Inference" in lines and "### Train step" in lines
+    assert "**NL** †: architectural" in table
+
+
+def test_sync_bn_becomes_bn_everywhere_and_nothing_else_changes():
+    cfg = {"type": "EncoderDecoder", "backbone": {"norm_cfg": {"type": "SyncBN", "requires_grad": True}},
+           "heads": [{"norm_cfg": {"type": "SyncBN"}, "type": "ANNHead"}], "kept": ("SyncBN", 1)}
+    assert vs._no_sync_bn(cfg) == {
+        "type": "EncoderDecoder", "backbone": {"norm_cfg": {"type": "BN", "requires_grad": True}},
+        "heads": [{"norm_cfg": {"type": "BN"}, "type": "ANNHead"}], "kept": ("SyncBN", 1)}
+
+
+def test_missing_mmseg_venv_is_one_error_line(tmp_path, capsys):
+    assert vs.main(["--mmseg-python", str(tmp_path / "none" / "python")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mmseg_env.sh" in err[0] and str(tmp_path / "none") in err[0]
+
+
+def test_nlseg_only_run_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "vs.json"
+    argv = ["--nlseg-only", "--networks", "ann", "--depths", "50", "--tasks", "infer", "--levers", "as_built",
+            "--repeats", "2", "--infer-size", "32", "48", "--json", str(out)]
+    assert vs.main(argv) == 0
+    assert "mmseg" not in sys.modules and "mmengine" not in sys.modules
+    [row] = json.loads(out.read_text())
+    assert (row["network"], row["depth"], row["task"], row["errors"]) == ("ann", 50, "infer", {})
+    result = row["results"]["as_built"]
+    assert len(result["times_s"]) == 2 and all(t > 0 for t in result["times_s"])
+    assert result["peak_mib"] >= 0
+    # the worker's parameter and FLOP counts are those of the registry model, counted here on the meta device
+    with torch.device("meta"):
+        model = create_model("ann_r50", num_classes=19).eval()
+        x = torch.empty(1, 3, 32, 48)
+    params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux_heads.")) / 1e6
+    assert abs(result["params_m"] - params) < 1e-9
+    assert abs(result["gflops"] - count_flops(lambda: model(x)) / 1e9) < 1e-9
+    assert "| ANN R-50 | " in capsys.readouterr().out
