@@ -143,11 +143,14 @@ def train_speed_table(
         try:
             for r in range(repeats):
                 for lever in runs:
+                    figures = {"step alone": lever.step_alone, "full loop": lever.full_loop}
                     if lever.name == "as_built":
-                        times.setdefault(("loader alone", lever.name), []).append(lever.loader_alone(steps))
-                    times.setdefault(("step alone", lever.name), []).append(lever.step_alone(steps))
-                    times.setdefault(("full loop", lever.name), []).append(lever.full_loop(steps))
-                say(f"  repeat {r + 1}/{repeats} done")
+                        figures = {"loader alone": lever.loader_alone, **figures}
+                    for measure, window in figures.items():
+                        times.setdefault((measure, lever.name), []).append(window(steps))
+                        # each window's figure as it comes: a run stopped early still tells what it measured
+                        say(f"  repeat {r + 1}/{repeats} {lever.name} {measure}: "
+                            f"{times[(measure, lever.name)][-1]:.3f} images/s")
         finally:
             for lever in runs:
                 lever.run.batches = iter(())
@@ -158,7 +161,8 @@ def train_speed_table(
         for name in levers:
             record[name] = statistics.median(times[(measure, name)]) if (measure, name) in times else None
         records.append(record)
-    records.append({"model": cfg.model.name, "measure": "first step (s)", **{lever.name: lever.first_s for lever in runs}})
+    first = {lever.name: lever.first_s for lever in runs}
+    records.append({"model": cfg.model.name, "measure": "first step (s)", **first})
     for record in records:
         record.update(crop=list(cfg.data.crop_size), batch_size=cfg.train.batch_size,
                       num_workers=cfg.data.num_workers, device=str(device), steps=steps, repeats=repeats)
