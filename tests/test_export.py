@@ -185,7 +185,8 @@ def test_export_refuses_what_it_cannot_do_in_one_line(tiny, tmp_path, capsys, mo
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else find_spec(name, *a))
+    without_onnxscript = lambda name, *rest: None if name == "onnxscript" else find_spec(name, *rest)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", without_onnxscript)
     assert main([*base, "--out", str(tmp_path / "m.onnx")]) == 2
     _one_error_line(capsys, "onnxscript", "pip install nlseg[onnx]")
     assert not (tmp_path / "m.onnx").exists()

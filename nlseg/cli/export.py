@@ -2,9 +2,9 @@
 
 The file's input ``image`` is float32 (B, 3, H, W) RGB in 0..1 (an image as read, divided by 255; the
 model's normalisation is inside the graph); its output ``logits`` is (B, K, H, W), the main head's logits at
-the input's size (argmax: the classes). The model comes from the checkpoint, as for ``nlseg eval`` and
-``predict``; a RECIPE, when given, is checked against it. After writing, the file is run in onnxruntime and
-compared with PyTorch.
+the input's size (argmax: the classes). The auxiliary heads are not outputs.
+The model comes from the checkpoint, as for ``nlseg eval`` and ``predict``; a RECIPE, when given, is checked
+against it. After writing, the file is run in onnxruntime and compared with PyTorch.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
         description="Export a trained model. The ONNX graph takes `image`, float32 (B, 3, H, W) RGB in 0..1, "
         "normalised inside the graph as in training, and returns `logits`, float32 (B, K, H, W) at the input's "
         "size (argmax over K gives the classes). Batch, height and width are dynamic, except for models that "
-        "pool adaptively to fixed bins (APNB/AFNB pyramid sampling, PPM), whose height and width are fixed to "
-        "the example size. The file is then run in onnxruntime and compared with PyTorch. "
+        "pool adaptively to fixed bins (APNB/AFNB pyramid sampling, PPM, DRANet), whose height and width are fixed to "
+        "the example size (--height, --width). The file is then run in onnxruntime and compared with PyTorch. "
         "Needs `pip install nlseg[onnx]`.",
     )
     add_recipe(p, optional=True)

@@ -7,13 +7,15 @@ What the exported graph computes (:class:`ImageToLogits`):
   means) is the first step inside the graph, so a user cannot feed the wrong one.
 * output ``logits``: float32 (B, K, H, W), the main head's logits at the input's size (bilinear, as
   ``Segmentor`` resizes them). ``argmax`` over K is the prediction; ``softmax`` gives the probabilities
-  that ``nlseg predict`` averages over views. The auxiliary heads are not outputs, and the exporter drops
-  the nodes only they use.
+  that ``nlseg predict`` averages over views. The auxiliary heads are not outputs: the exporter drops the
+  nodes only they feed (Denoised NL's class-map head stays, Global Rectifying reads it), and onnxruntime
+  folds batch norms into the convolutions when it loads the file.
 
 The batch is dynamic. Height and width are dynamic unless a block pools adaptively to n x n bins with
 n > 1 (APNB/AFNB pyramid sampling, PPM): a bin's edges depend on the feature map's size, ONNX has no
 adaptive pooling, and the exporter would write the example's bins as constants, wrong at any other size.
-Those models are exported at the example size only (:func:`static_size_reason` says why).
+Those models are exported at the example size only (:func:`static_size_reason` says why), with their blocks'
+reference paths (``fused=False``: each bin pooled by one slice-and-mean, which the exporter handles quickly).
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (it needs ``onnx`` and ``onnxscript``; the check needs
 ``onnxruntime``: ``pip install nlseg[onnx]``). While it traces, the Denoised NL op computes its function in
@@ -22,6 +24,7 @@ plain tensor ops (see :mod:`nlseg.ops.denoised`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import os
@@ -34,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from nlseg.blocks import set_fused
 from nlseg.config import Config
 from nlseg.data.transforms import normalization
 from nlseg.engine.inference import build_model_from_checkpoint, saved_normalize
@@ -159,7 +163,7 @@ def export_onnx(
     """Write ``ImageToLogits(model, normalize)`` as an ONNX file (see the module docstring for its contract).
 
     Args:
-        model: a segmentor, in eval mode, on the CPU.
+        model: a segmentor in eval mode, on the CPU (left unchanged).
         path: the ``.onnx`` file to write (replaced if it exists).
         normalize: the ``data.normalize`` the model was trained with.
         example_size: (H, W) of the example input; the only size a static-size model accepts.
@@ -181,8 +185,14 @@ def export_onnx(
     if min(example_size) < 1:
         raise ConfigError(f"export example size must be positive (height, width), got {tuple(example_size)}")
     path = Path(path)
-    wrapper = ImageToLogits(model, normalize).eval()
     reason = static_size_reason(model)
+    if reason is not None:
+        # Fixed size: the blocks' reference paths pool each bin with one slice-and-mean (110 ops for ANN's
+        # pyramid), where the exporter's decomposition of adaptive pooling takes ~ (H/n)·(W/n) ops per level
+        # (an ANN R-50 export at 512x1024 took 459 s that way). On a copy: the caller's model stays fused.
+        model = copy.deepcopy(model)
+        set_fused(model, False)
+    wrapper = ImageToLogits(model, normalize).eval()
     dims = {0: torch.export.Dim.DYNAMIC}
     if reason is None:
         dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
