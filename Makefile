@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.nlseg-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,onnx]"
 	$(BIN)/pip install --quiet --no-deps "cityscapesscripts==2.3.0" "pyquaternion>=0.9.9"
 	touch $(STAMP)
 

@@ -15,6 +15,11 @@ a plain non-local map. :func:`denoised_attention` computes the same function in 
   scores from the saved log-sum-exp (flash-attention style), so no more than one chunk of the N x N
   map exists at a time, forward or backward.
 
+The chunked kernel is a custom autograd Function; it traces under ``torch.compile`` (``fullgraph=True``).
+While ``torch.export`` or an ONNX exporter traces (:func:`nlseg.ops.local.exporting`), the same function is
+computed in plain tensor ops without chunks (:func:`_gated_attention_traceable`): one (B, N, N) map, where the
+released formulation (:func:`denoised_attention_reference`) holds the (B, N, k², N) unfold as well.
+
 The chunk budget is ``chunk_size`` (query rows per chunk) or, by default, :data:`CHUNK_ELEMENTS`
 elements of the (B, rows, N) score block.
 """
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nlseg.ops.local import local_aggregate, local_relation, local_relation_reference
+from nlseg.ops.local import exporting, local_aggregate, local_relation, local_relation_reference
 
 __all__ = ["CHUNK_ELEMENTS", "denoised_attention", "denoised_attention_reference"]
 
@@ -105,6 +110,17 @@ class _GatedAttention(torch.autograd.Function):
         return dq, dk, dv, dp, None
 
 
+def _gated_attention_traceable(q: Tensor, k: Tensor, v: Tensor, p: Tensor | None) -> Tensor:
+    """What :class:`_GatedAttention` computes, in plain tensor ops and in one piece, for export.
+
+    q, k: (B, N, Ck); v: (B, N, Cv); p: (B, N, K) or None. Returns (B, N, Cv). Holds the (B, N, N) map.
+    """
+    attn = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)  # A, (B, N, N)
+    if p is not None:
+        attn = attn * torch.bmm(p, p.transpose(1, 2)).sigmoid()  # A' = A ⊙ G, no re-normalisation
+    return torch.bmm(attn, v)  # (B, N, Cv)
+
+
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, class_probs: Tensor | None, rectify: bool, kernel_size: int):
     if q.dim() != 4 or q.shape != k.shape:
         raise ValueError(f"q and k must be (B, Ck, H, W) of one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
@@ -162,7 +178,10 @@ def denoised_attention(
     k_t = k.flatten(2).transpose(1, 2).contiguous()  # (B, N, Ck)
     v_t = v.flatten(2).transpose(1, 2).contiguous()  # (B, N, Cv)
     p_t = class_probs.to(compute_dtype).flatten(2).transpose(1, 2).contiguous() if rectify else None  # (B, N, K)
-    out = _GatedAttention.apply(q_t, k_t, v_t, p_t, _rows_per_chunk(b, n, n, chunk_size))  # (B, N, Cv)
+    if exporting():
+        out = _gated_attention_traceable(q_t, k_t, v_t, p_t)  # (B, N, Cv)
+    else:
+        out = _GatedAttention.apply(q_t, k_t, v_t, p_t, _rows_per_chunk(b, n, n, chunk_size))  # (B, N, Cv)
     return out.transpose(1, 2).reshape(b, cv, h, w).to(out_dtype)
 
 

@@ -11,8 +11,11 @@ neither direction of autograd ever holds a (B, C * k^2, N) buffer:
 - ``local_aggregate(v, w)[b, :, m]     = Σ_n w[b, n, m-n] · v_{m-n}``    (scatter to neighbours, a ``fold``)
 - ``_gather(x, w)[b, :, j]             = Σ_n w[b, n, j] · x_{j+n}``      (weighted sum of neighbours)
 
-They are each other's gradients, which is how the custom backward passes below are written.
-The ``*_reference`` versions use ``F.unfold`` / ``F.fold`` the way the released code does.
+They are each other's gradients, which is how the custom backward passes below are written. The two
+autograd Functions trace under ``torch.compile`` (``fullgraph=True``). While ``torch.export`` or the ONNX
+exporter traces (:func:`exporting`), the public ops run the same loops out of place and without the custom
+Function, so the exported graph holds plain tensor ops. The ``*_reference`` versions use ``F.unfold`` /
+``F.fold`` the way the released code does.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 __all__ = [
+    "exporting",
     "local_aggregate",
     "local_aggregate_reference",
     "local_relation",
@@ -43,6 +47,15 @@ def _windows(x: Tensor, kernel_size: int):
     for n in range(kernel_size * kernel_size):
         ky, kx = divmod(n, kernel_size)
         yield n, xp[..., ky : ky + h, kx : kx + w]  # x_{j+n} at position j
+
+
+def exporting() -> bool:
+    """True while ``torch.export`` (and so the ONNX exporter) or the TorchScript ONNX exporter traces.
+
+    The fused ops then take their traceable formulation: an exported graph cannot call a custom autograd
+    Function, nor loop over a number of chunks that depends on a dynamic height or width.
+    """
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export()
 
 
 def _relation(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
@@ -67,6 +80,24 @@ def _aggregate(v: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
     for n in range(kernel_size * kernel_size):
         ky, kx = divmod(n, kernel_size)
         out[..., ky : ky + h, kx : kx + w].addcmul_(weights[:, n : n + 1], v)
+    return out[..., r : r + h, r : r + w]  # (B, C, H, W)
+
+
+def _relation_traceable(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
+    """:func:`_relation` out of place, for export."""
+    return torch.stack([(q * k_n).sum(1) for _, k_n in _windows(k, kernel_size)], dim=1)  # (B, k^2, H, W)
+
+
+def _aggregate_traceable(v: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
+    """:func:`_aggregate` out of place, for export: each offset's ``w_n ⊙ v`` padded so that it lands at
+    (ky, kx) of the (H + 2r, W + 2r) frame, summed, then the frame cropped back to H x W."""
+    r = kernel_size // 2
+    h, w = v.shape[-2:]
+    out = None
+    for n in range(kernel_size * kernel_size):
+        ky, kx = divmod(n, kernel_size)
+        term = F.pad(weights[:, n : n + 1] * v, (kx, 2 * r - kx, ky, 2 * r - ky))  # (B, C, H + 2r, W + 2r)
+        out = term if out is None else out + term
     return out[..., r : r + h, r : r + w]  # (B, C, H, W)
 
 
@@ -124,6 +155,8 @@ def local_relation(q: Tensor, k: Tensor, kernel_size: int = 3) -> Tensor:
     """
     _check_kernel(kernel_size)
     _check_maps("q", q, "k", k, same_channels=True)
+    if exporting():
+        return _relation_traceable(q, k, kernel_size)
     return _LocalRelation.apply(q.contiguous(), k.contiguous(), kernel_size)
 
 
@@ -146,6 +179,8 @@ def local_aggregate(v: Tensor, weights: Tensor, kernel_size: int = 3) -> Tensor:
     _check_maps("v", v, "weights", weights, same_channels=False)
     if weights.shape[1] != kernel_size * kernel_size:
         raise ValueError(f"weights must have k^2 = {kernel_size ** 2} channels, got {weights.shape[1]}")
+    if exporting():
+        return _aggregate_traceable(v, weights, kernel_size)
     return _LocalAggregate.apply(v.contiguous(), weights.contiguous(), kernel_size)
 
 
