@@ -16,8 +16,9 @@ Run from the repository root with the Python that holds torch; nothing is downlo
 * ``bench-blocks``, ``bench-models``, ``bench-models-train``, ``bench-table5``: ``nlseg bench ... --device cuda``.
 * ``vs-mmseg``: ``benchmarks/vs_mmseg.py`` on the GPU, when that script and a CUDA-capable mmseg venv exist.
 
-Each step runs in its own subprocesses with its own timeout, under one global deadline, so a hang or a
-crash in one step is reported and the next step still runs; the report is rewritten after every step.
+Each step runs in its own subprocesses, each command with a timeout, the step within its budget, all under
+one global deadline, so a hang or a crash in one step is reported and the next step still runs; the report
+is rewritten after every step.
 A step whose prerequisite is missing (no CUDA, an older nlseg without a switch, no mmseg venv) is
 "skipped" with the reason. On a machine without CUDA the script runs what it can at tiny sizes on the
 CPU (labelled "cpu") and names what it skipped. Exit status: 0 when no step failed, 1 otherwise.
@@ -184,6 +185,7 @@ class Check:
     args: argparse.Namespace
     scratch: Path
     deadline: float  # time.monotonic() at which no further work starts
+    step_end: float = math.inf  # time.monotonic() at which the running step's budget is spent
     probe: dict = field(default_factory=dict)
     trained: dict[str, Path] = field(default_factory=dict)  # "<family>/<amp>" -> work dir of train-amp
 
@@ -199,8 +201,14 @@ class Check:
     def sizes(self) -> Sizes:
         return GPU_SIZES if self.device == "cuda" else CPU_SIZES
 
+    @property
+    def no_cuda(self) -> str:
+        """Why this check runs on the CPU."""
+        return "--device cpu" if self.gpus else "no CUDA device"
+
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        """Seconds the running step has left: its budget, within the global deadline."""
+        return min(self.deadline, self.step_end) - time.monotonic()
 
     def run(self, argv: list[str], timeout: float, *, env: dict[str, str] | None = None) -> Proc:
         """Run ``argv`` in the repository root in its own process group, killed at ``timeout`` or the deadline."""
@@ -281,7 +289,7 @@ def step_env(check: Check) -> Result:
 
 def step_tests(check: Check) -> Result:
     if check.device != "cuda":
-        return Result("skipped", "no CUDA device: the cuda-marked tests skip without one")
+        return Result("skipped", f"{check.no_cuda}: the cuda-marked tests skip without one")
     proc = check.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"], 180)
     summary = proc.out.strip().splitlines()[-1] if proc.out.strip() else ""
     if proc.rc == 5:
@@ -324,6 +332,9 @@ def train_rows(check: Check, runs: list[tuple[str, str, list[str]]], timeout: fl
 
     def one(run: tuple[str, str, list[str]]) -> tuple[list[object], str | None]:
         family, label, overrides = run
+        if check.left() < 5:
+            return [family, check.probe["families"][family]["model"], label, "not started: step budget spent", "—",
+                    "0"], None
         work = check.scratch / "train" / f"{family}-{label.replace(' ', '_').replace('=', '-')}"
         path = recipe(check, family, work)
         proc = check.nlseg("train", str(path), "--work-dir", str(work), "--overwrite", "--set", *overrides,
@@ -365,9 +376,15 @@ def step_train_amp(check: Check) -> Result:
     if check.device != "cuda":
         note += " fp16 not run: it needs CUDA (the recipe check refuses it on the CPU)."
     output = note + "\n\n" + table(["family", "model", "run", "status", "losses", "s"], rows)
+    return train_result(rows, problems, output)
+
+
+def train_result(rows: list[list[object]], problems: list[str], output: str) -> Result:
+    ran = sum(row[3] != "not started: step budget spent" for row in rows)
+    late = f"; {len(rows) - ran} not started (step budget spent)" if ran < len(rows) else ""
     if problems:
-        return Result("failed", f"{len(problems)} of {len(runs)} runs failed", output + "\n\n" + "\n\n".join(problems))
-    return Result("passed", f"{len(runs)} runs, every loss finite", output)
+        return Result("failed", f"{len(problems)} of {ran} runs failed{late}", output + "\n\n" + "\n\n".join(problems))
+    return Result("passed", f"{ran} runs, every loss finite{late}", output)
 
 
 def lever_settings(fields: dict, names: tuple[str, ...]) -> list[str]:
@@ -394,10 +411,7 @@ def step_train_levers(check: Check) -> Result:
     runs = [(family, f"amp={amp} {s}", [*base, f"train.{s}"]) for s in settings]
     runs.append((family, f"amp={amp} all", [*base, *(f"train.{s}" for s in settings)]))
     rows, problems = train_rows(check, runs, timeout=check.args.step_timeout)
-    output = table(["family", "model", "run", "status", "losses", "s"], rows)
-    if problems:
-        return Result("failed", f"{len(problems)} of {len(runs)} runs failed", output + "\n\n" + "\n\n".join(problems))
-    return Result("passed", f"{len(runs)} runs, every loss finite", output)
+    return train_result(rows, problems, table(["family", "model", "run", "status", "losses", "s"], rows))
 
 
 def step_eval(check: Check) -> Result:
@@ -439,7 +453,7 @@ def step_eval(check: Check) -> Result:
 
 def step_ddp(check: Check) -> Result:
     if check.device != "cuda":
-        return Result("skipped", "no CUDA device: NCCL needs GPUs (DDP on the CPU with gloo is tests/test_trainer.py)")
+        return Result("skipped", f"{check.no_cuda}: NCCL needs GPUs (DDP on the CPU with gloo is tests/test_trainer.py)")
     n = check.gpus
     family = "fcn" if "fcn" in check.probe["families"] else next(iter(check.probe["families"]))
     work = check.scratch / "ddp" / "run"
@@ -499,7 +513,7 @@ def step_vs_mmseg(check: Check) -> Result:
     if not script.exists():
         return Result("skipped", "benchmarks/vs_mmseg.py is not in this checkout")
     if check.device != "cuda":
-        return Result("skipped", "no CUDA device (on the CPU, run benchmarks/vs_mmseg.py itself)")
+        return Result("skipped", f"{check.no_cuda} (on the CPU, run benchmarks/vs_mmseg.py itself)")
     python = mmseg_python(check)
     if not python.exists():
         return Result("skipped", f"no mmseg venv at {python.parent.parent} (create it with benchmarks/mmseg_env.sh, "
@@ -531,22 +545,22 @@ class Step:
     name: str
     title: str
     run: Callable[[Check], Result]
-    cpu: bool  # runs (at tiny sizes) without CUDA
+    budget: float  # seconds the step may take in all (its commands are cut there), within the global deadline
 
 
 STEPS = (
-    Step("env", "environment", step_env, True),
-    Step("tests", "pytest -m cuda", step_tests, False),
-    Step("train-amp", "one AMP training run per model family", step_train_amp, True),
-    Step("train-levers", "training switches (channels_last, compile)", step_train_levers, True),
-    Step("eval", "nlseg eval on the device, with each inference switch", step_eval, True),
-    Step("ddp", "DDP over NCCL (torchrun)", step_ddp, False),
-    Step("bench-blocks", "nlseg bench blocks", bench_step("blocks", lambda s: s.blocks), True),
-    Step("bench-models", "nlseg bench models (inference)", bench_step("models", lambda s: s.models), True),
+    Step("env", "environment", step_env, 60),
+    Step("tests", "pytest -m cuda", step_tests, 150),
+    Step("train-amp", "one AMP training run per model family", step_train_amp, 150),
+    Step("train-levers", "training switches (channels_last, compile)", step_train_levers, 150),
+    Step("eval", "nlseg eval on the device, with each inference switch", step_eval, 120),
+    Step("ddp", "DDP over NCCL (torchrun)", step_ddp, 90),
+    Step("bench-blocks", "nlseg bench blocks", bench_step("blocks", lambda s: s.blocks), 75),
+    Step("bench-models", "nlseg bench models (inference)", bench_step("models", lambda s: s.models), 75),
     Step("bench-models-train", "nlseg bench models --train", bench_step("models-train", lambda s: s.models_train),
-         True),
-    Step("bench-table5", "nlseg bench table5", bench_step("table5", lambda s: s.table5), True),
-    Step("vs-mmseg", "benchmarks/vs_mmseg.py", step_vs_mmseg, False),
+         75),
+    Step("bench-table5", "nlseg bench table5", bench_step("table5", lambda s: s.table5), 75),
+    Step("vs-mmseg", "benchmarks/vs_mmseg.py", step_vs_mmseg, 180),
 )
 
 
@@ -599,9 +613,10 @@ def run_check(args: argparse.Namespace) -> int:
                 result = Result("skipped", "not selected (--steps)")
             elif step.name != "env" and not check.probe:
                 result = Result("skipped", "the environment probe failed")
-            elif check.left() < 5:
+            elif check.deadline - tick < 5:
                 result = Result("skipped", f"global deadline of {args.deadline:.0f} s reached")
             else:
+                check.step_end = tick + step.budget
                 print(f"gpu_check: {step.name} ...", flush=True)
                 try:
                     result = step.run(check)
@@ -627,7 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=540.0,
                         help="seconds after which no step starts and running ones are cut (default %(default)s)")
     parser.add_argument("--step-timeout", type=float, default=150.0,
-                        help="timeout of one command of a step, in seconds (default %(default)s)")
+                        help="timeout of one command of a step, in seconds (default %(default)s); each step also "
+                             "has a budget for all its commands")
     parser.add_argument("--families", default="",
                         help="comma-separated model families for train-amp (default: every family of nlseg list models)")
     parser.add_argument("--jobs", type=int, default=0,
