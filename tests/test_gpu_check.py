@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import nlseg
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
@@ -51,7 +53,7 @@ def test_cpu_mode_reports_every_step_runs_env_and_training_and_names_what_it_ski
     assert "device **cpu**" in report
 
     what, status, seconds, why = rows["env"]
-    assert status == "passed" and f"torch {torch.__version__}" in why and "nlseg 0.1.0" in why
+    assert status == "passed" and f"torch {torch.__version__}" in why and f"nlseg {nlseg.__version__}" in why
     assert re.fullmatch(r"\d+\.\d s", seconds)
     assert f"| torch | {torch.__version__}," in report
 
