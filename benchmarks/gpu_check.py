@@ -48,6 +48,8 @@ TRAIN_LEVERS = ("channels_last", "compile")
 """Recipe fields of ``train`` that the training-levers step switches on when this nlseg has them."""
 EVAL_LEVERS = ("aux", "fold_bn", "channels_last", "amp", "compile")
 """Recipe fields of ``eval`` that the eval step tries one at a time when this nlseg has them."""
+CUT = "cut: step budget spent"
+"""A training run not started, or killed, because its step's budget ran out: not a failure of nlseg."""
 EVAL_FAMILY = "denoised_nl"
 """The family whose ``train-amp`` checkpoint the eval step reads (its GR head is the one inference keeps)."""
 
@@ -176,6 +178,7 @@ class Proc:
     rc: int | None  # None: killed at its timeout
     out: str
     seconds: float
+    cut: bool = False  # killed because the step's budget or the deadline ran out, not at its own timeout
 
 
 @dataclass
@@ -225,6 +228,7 @@ class Check:
             os.killpg(proc.pid, signal.SIGKILL)  # the group this call started: the command and its children
             out, _ = proc.communicate()
             rc, out = None, out + f"\n[killed after {limit:.0f} s]"
+            return Proc(rc, out, time.monotonic() - start, cut=limit < timeout)
         return Proc(rc, out, time.monotonic() - start)
 
     def nlseg(self, *argv: str, timeout: float, env: dict[str, str] | None = None) -> Proc:
@@ -333,8 +337,7 @@ def train_rows(check: Check, runs: list[tuple[str, str, list[str]]], timeout: fl
     def one(run: tuple[str, str, list[str]]) -> tuple[list[object], str | None]:
         family, label, overrides = run
         if check.left() < 5:
-            return [family, check.probe["families"][family]["model"], label, "not started: step budget spent", "—",
-                    "0"], None
+            return [family, check.probe["families"][family]["model"], label, CUT, "—", "0"], None
         work = check.scratch / "train" / f"{family}-{label.replace(' ', '_').replace('=', '-')}"
         path = recipe(check, family, work)
         proc = check.nlseg("train", str(path), "--work-dir", str(work), "--overwrite", "--set", *overrides,
@@ -342,6 +345,8 @@ def train_rows(check: Check, runs: list[tuple[str, str, list[str]]], timeout: fl
         found = losses(work)
         finite = bool(found) and all(math.isfinite(x) for x in found)
         problem = None
+        if proc.cut:
+            return [family, check.probe["families"][family]["model"], label, CUT, "—", f"{proc.seconds:.1f}"], None
         if proc.rc != 0:
             problem = f"{family} {label}: {failure(proc, 'nlseg train')}\n{tail(proc.out, 15)}"
         elif not finite:
@@ -380,8 +385,8 @@ def step_train_amp(check: Check) -> Result:
 
 
 def train_result(rows: list[list[object]], problems: list[str], output: str) -> Result:
-    ran = sum(row[3] != "not started: step budget spent" for row in rows)
-    late = f"; {len(rows) - ran} not started (step budget spent)" if ran < len(rows) else ""
+    ran = sum(row[3] != CUT for row in rows)
+    late = f"; {len(rows) - ran} not run to the end ({CUT})" if ran < len(rows) else ""
     if problems:
         return Result("failed", f"{len(problems)} of {ran} runs failed{late}", output + "\n\n" + "\n\n".join(problems))
     return Result("passed", f"{ran} runs, every loss finite{late}", output)
