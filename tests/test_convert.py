@@ -322,3 +322,20 @@ def test_convert_then_eval(tmp_path: Path, ann_model, capsys):
     # car is predicted on every valid pixel: IoU(car) = car / valid; road and sidewalk 0
     assert metrics["mIoU"] == pytest.approx(100 * (car / valid) / 3)
     assert metrics["aAcc"] == pytest.approx(100 * car / valid)
+
+
+@pytest.mark.parametrize("updates", [2, 1])
+def test_apnb_shared_norm_statistics_move_as_released(updates: int):
+    """The released APNB runs its shared key/query conv + BN twice per forward (f_query is f_key), so in training
+    the running statistics take two momentum steps with the same batch; ``shared_norm_updates=1`` takes one."""
+    block = nlseg.create_block("apnb", 8, key_channels=4, value_channels=4, shared_norm_updates=updates).double().train()
+    norm = block.key[1]
+    with torch.no_grad():
+        norm.running_mean.fill_(1.0)
+    x = torch.randn(2, 8, 5, 7, dtype=torch.float64)
+    batch_mean = block.key[0](x).mean(dim=(0, 2, 3))
+    block(x)
+    expected = torch.ones(4, dtype=torch.float64)
+    for _ in range(updates):
+        expected = 0.9 * expected + 0.1 * batch_mean
+    torch.testing.assert_close(norm.running_mean, expected.detach(), rtol=1e-12, atol=1e-12)
