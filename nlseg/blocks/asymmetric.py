@@ -83,6 +83,11 @@ class APNB(nn.Module):
         share_key_query: one conv + BN + ReLU for key and query (released); False gives each its own.
         norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
         dropout: Dropout2d rate after the fusion conv.
+        shared_norm_updates: how many running-statistics updates the shared key/query norm makes per training
+            forward: 2 as released (its code runs the shared conv + BN once for the query and once for the key,
+            on the same input), i.e. momentum ``1 - (1 - m)**2``; 1 updates them once. Outputs and gradients
+            are the same either way; only the running statistics, hence the eval-mode function after
+            training, differ.
     """
 
     num_inputs = 1
@@ -99,9 +104,12 @@ class APNB(nn.Module):
         share_key_query: bool = True,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         dropout: float = 0.05,
+        shared_norm_updates: int = 2,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        if shared_norm_updates not in (1, 2):
+            raise ValueError(f"{name}: shared_norm_updates must be 1 or 2, got {shared_norm_updates!r}")
         out_channels = in_channels if out_channels is None else out_channels
         check_channels(name, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels)
         self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
@@ -110,6 +118,9 @@ class APNB(nn.Module):
         self.fused = True
         self.key = ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
         self.query = None if share_key_query else ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
+        norm = self.key[1]
+        if share_key_query and getattr(norm, "momentum", None) is not None:  # two updates with the same batch
+            norm.momentum = 1 - (1 - norm.momentum) ** shared_norm_updates
         self.value = nn.Conv2d(in_channels, value_channels, 1)
         self.out_proj = nn.Conv2d(value_channels, in_channels, 1)  # Wo
         nn.init.zeros_(self.out_proj.weight)

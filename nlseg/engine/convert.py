@@ -1,0 +1,414 @@
+"""The authors' released weight files, converted into files nlseg loads (``nlseg convert``).
+
+Three layouts, each a key map written from the released code's module names (no key is guessed):
+
+- ``ann-backbone``: the ImageNet deep-base ResNet that MendelXu/ANN trains from
+  (``3x3resnet101-imagenet.pth``; its stem ``conv1/bn1/conv2/bn2/conv3/bn3``, also accepted under
+  ``prefix.``) -> a state dict for ``model.pretrained_backbone`` of a ``stem: deep`` backbone.
+- ``ann``: a checkpoint of MendelXu/ANN's ``annn.py`` network (``fs_annn_cityscapes_segohem_latest.pth``:
+  ``{"config_dict", "state_dict", "runner_state"}``, the weights under ``module.``) -> an nlseg checkpoint
+  of ``ann_r101`` (or ``ann_r50``) with the released backbone (``stem: deep``, ``stem_ceil_mode: true``) and
+  ``data.normalize: caffe``.
+- ``dnl``: a state dict of maggiesong7/DenoisedNL's ``model.py`` network -> an nlseg checkpoint of
+  ``denoised_nl_r101`` (``r50``, ``r18``) without the global-context branch the release lacks.
+
+The mapping is strict: every tensor of the file lands in the model, every tensor of the model comes from
+the file, and shapes agree; otherwise nothing is written and one line names the keys (released names)
+and both shapes. Three things are not one-to-one, each handled explicitly:
+
+- Aliases. A module registered twice appears twice in a state dict: ANN's APNB uses one conv for key
+  and query (``f_query`` is ``f_key``), and the Denoised NL ``interp`` is ``down_sample.downsample``. The
+  second copy must equal the first and is dropped.
+- Folded biases. Where the released network has a conv bias that nlseg's conv lacks and a BatchNorm
+  follows, the bias ``b`` moves into that norm's running mean: ``BN(Wx + b)`` with mean ``mu`` equals
+  ``BN(Wx)`` with mean ``mu - b``. This is exact in eval mode; in training the batch mean removes ``b``
+  either way, and the running mean keeps tracking ``mu - b``.
+- Bookkeeping. BatchNorm's ``num_batches_tracked`` counters are copied where the file has them and set to
+  0 where it does not (nlseg's norms use a fixed momentum, so the counter never changes the function);
+  the ImageNet classifier ``fc.*`` of the backbone file is dropped. Any other extra key is an error.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nlseg.backbones import create_backbone
+from nlseg.config import Config, ConfigError, dataset_num_classes
+from nlseg.data import dataset_class
+from nlseg.errors import CheckpointError
+from nlseg.models import create_model
+
+__all__ = [
+    "FORMATS",
+    "LAYOUTS",
+    "Layout",
+    "convert_released",
+    "converted_config",
+    "map_state_dict",
+    "read_released",
+]
+
+COUNTER = "num_batches_tracked"
+LISTED = 6
+"""How many keys of each kind an error names before it only counts the rest."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one released network's state dict maps onto an nlseg module.
+
+    Prefixes are module paths (``"dsn.1.0"``); a rule applies to a key equal to the prefix or below it.
+
+    Attributes:
+        name: the ``nlseg convert`` format.
+        description: what the file is, for messages.
+        renames: (released prefix, nlseg prefix) pairs; the longest matching prefix wins.
+        aliases: (alias prefix, prefix) pairs of released modules registered twice; the alias's tensors
+            must equal the others and are dropped.
+        folded_biases: (conv prefix, norm prefix) pairs, released names: the conv's bias is subtracted from
+            the norm's running mean (exact; see the module docstring).
+        dropped: released prefixes deliberately left out (the ImageNet classifier).
+        models: the nlseg models the layout converts into (checkpoint formats), or () for a backbone file.
+        options: model options the released network has, written into the converted checkpoint's recipe.
+        normalize: the input normalisation the released weights expect, or None to keep the recipe's.
+        recipe: the default recipe.
+    """
+
+    name: str
+    description: str
+    renames: tuple[tuple[str, str], ...]
+    aliases: tuple[tuple[str, str], ...] = ()
+    folded_biases: tuple[tuple[str, str], ...] = ()
+    dropped: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+    normalize: str | None = None
+    recipe: str | None = None
+
+
+_STAGES = tuple((f"layer{i}", f"layer{i}") for i in range(1, 5))
+_DEEP_BASE_STEM = (("conv1", "conv1.0"), ("bn1", "conv1.1"), ("conv2", "conv1.3"), ("bn2", "conv1.4"),
+                   ("conv3", "conv1.6"), ("bn3", "bn1"))
+"""ANN's deep-base stem (torchcv names, as a ``prefix`` Sequential) -> nlseg's deep stem."""
+
+_APNB, _AFNB = "context.2.stages.0", "fusion.stages.0"
+
+ANN_BACKBONE = Layout(
+    name="ann-backbone",
+    description="ANN ImageNet deep-base ResNet (3x3resnet101-imagenet.pth)",
+    renames=(*_DEEP_BASE_STEM, *((f"prefix.{a}", b) for a, b in _DEEP_BASE_STEM), *_STAGES),
+    dropped=("fc",),
+)
+
+ANN = Layout(
+    name="ann",
+    description="ANN released network (MendelXu/ANN annn.py)",
+    renames=(
+        *((f"backbone.prefix.{a}", f"backbone.{b}") for a, b in _DEEP_BASE_STEM),
+        *((f"backbone.{a}", f"backbone.{b}") for a, b in _STAGES),
+        ("dsn.0", "aux_heads.layer3.0.0"), ("dsn.1.0", "aux_heads.layer3.0.1"), ("dsn.3", "aux_heads.layer3.2"),
+        (f"{_AFNB}.f_query.0", "decoder.fusion.query.0"), (f"{_AFNB}.f_query.1.0", "decoder.fusion.query.1"),
+        (f"{_AFNB}.f_key.0", "decoder.fusion.key.0"), (f"{_AFNB}.f_key.1.0", "decoder.fusion.key.1"),
+        (f"{_AFNB}.f_value", "decoder.fusion.value"), (f"{_AFNB}.W", "decoder.fusion.out_proj"),
+        ("fusion.conv_bn_dropout.0", "decoder.fusion.fuse.0.0"), ("fusion.conv_bn_dropout.1", "decoder.fusion.fuse.0.1"),
+        ("context.0", "decoder.reduce.0"), ("context.1.0", "decoder.reduce.1"),
+        (f"{_APNB}.f_key.0", "decoder.context.key.0"), (f"{_APNB}.f_key.1.0", "decoder.context.key.1"),
+        (f"{_APNB}.f_value", "decoder.context.value"), (f"{_APNB}.W", "decoder.context.out_proj"),
+        ("context.2.conv_bn_dropout.0", "decoder.context.fuse.0.0"),
+        ("context.2.conv_bn_dropout.1.0", "decoder.context.fuse.0.1"),
+        ("cls", "decoder.classifier"),
+    ),
+    aliases=((f"{_APNB}.f_query", f"{_APNB}.f_key"),),
+    folded_biases=(
+        ("dsn.0", "dsn.1.0"),
+        (f"{_AFNB}.f_query.0", f"{_AFNB}.f_query.1.0"),
+        (f"{_AFNB}.f_key.0", f"{_AFNB}.f_key.1.0"),
+        ("fusion.conv_bn_dropout.0", "fusion.conv_bn_dropout.1"),
+        ("context.0", "context.1.0"),
+        (f"{_APNB}.f_key.0", f"{_APNB}.f_key.1.0"),
+        ("context.2.conv_bn_dropout.0", "context.2.conv_bn_dropout.1.0"),
+    ),
+    models=("ann_r50", "ann_r101"),
+    options=(("stem", "deep"), ("stem_ceil_mode", True)),
+    normalize="caffe",
+    recipe="ann_r101_cityscapes",
+)
+
+DNL = Layout(
+    name="dnl",
+    description="Denoised NL released network (maggiesong7/DenoisedNL model.py)",
+    renames=(
+        ("backbone", "backbone"),
+        ("conv.0", "decoder.reduction.0.0"), ("conv.1", "decoder.reduction.0.1"),
+        ("down_sample", "decoder.reduction.1"),
+        ("dnl.conv1", "decoder.block.query"), ("dnl.conv2", "decoder.block.key"),
+        ("dnl.conv3", "decoder.block.value"), ("dnl.gamma", "decoder.block.gamma"),
+        ("dnl.conv.0", "decoder.fuse.0"), ("dnl.conv.1", "decoder.fuse.1"),
+        ("dnl.conv_out3.conv.0", "aux_heads.layer3.0.0"), ("dnl.conv_out3.conv.1", "aux_heads.layer3.0.1"),
+        ("dnl.conv_out3.conv.4", "aux_heads.layer3.2"),
+        ("conv_out1.conv.0", "decoder.head.0.0"), ("conv_out1.conv.1", "decoder.head.0.1"),
+        ("conv_out1.conv.4", "decoder.head.2"),
+        ("conv_out2.conv.0", "aux_heads.layer2.0.0"), ("conv_out2.conv.1", "aux_heads.layer2.0.1"),
+        ("conv_out2.conv.4", "aux_heads.layer2.2"),
+    ),
+    aliases=(("interp", "down_sample.downsample"),),
+    models=("denoised_nl_r18", "denoised_nl_r50", "denoised_nl_r101"),
+    options=(("global_context", False),),
+    recipe="denoised_nl_r101_cityscapes",
+)
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (ANN_BACKBONE, ANN, DNL)}
+FORMATS: tuple[str, ...] = tuple(LAYOUTS)
+
+_NUMPY_SCALARS = [
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    np.dtype,
+    *(type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")),
+]
+"""Globals a released checkpoint may hold besides tensors: ANN's ``runner_state`` keeps numpy scores."""
+
+
+def read_released(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read the state dict of a released file: plain, or under ``state_dict`` / ``model``; ``module.`` removed.
+
+    Loading runs no code (``weights_only``); numpy scalars, which ANN's checkpoints keep next to the
+    weights, are allowed.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or one that holds no mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save: a zip, or a legacy pickle
+        raise CheckpointError(f"{path} cannot be read as a PyTorch file (it is not a torch.save zip or pickle)")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SCALARS):
+            content: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} holds Python objects other than tensors, plain values and numpy scalars, which nlseg does "
+            "not load (no code is executed); save its state dict alone with torch.save(state_dict, FILE)"
+        ) from None
+    except Exception as err:  # torch.load fails in many ways on a file that is not a torch.save file
+        raise CheckpointError(f"{path} cannot be read as a PyTorch file ({type(err).__name__})") from None
+    if isinstance(content, Mapping):
+        container = next((k for k in ("state_dict", "model") if isinstance(content.get(k), Mapping)), None)
+        content = content[container] if container else content
+    if not isinstance(content, Mapping) or not content:
+        found = f"a dict with keys {', '.join(map(str, list(content)[:6]))}" if isinstance(content, Mapping) \
+            else f"a {type(content).__name__}"
+        raise CheckpointError(f"{path} holds {found}; expected a state dict (names -> tensors), plain or under "
+                              "'state_dict'")
+    bad = next(((k, v) for k, v in content.items() if not isinstance(k, str) or not isinstance(v, Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"{path}: expected a state dict (names -> tensors), found entry {bad[0]!r} of type {type(bad[1]).__name__}"
+        )
+    if all(key.startswith("module.") for key in content):
+        return {key.removeprefix("module."): value for key, value in content.items()}
+    return dict(content)
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def _swap(key: str, pairs: tuple[tuple[str, str], ...], *, reverse: bool = False) -> str | None:
+    """``key`` with its longest matching prefix replaced (released -> nlseg, or back with ``reverse``)."""
+    matches = [(b, a) if reverse else (a, b) for a, b in pairs if _under(key, b if reverse else a)]
+    if not matches:
+        return None
+    old, new = max(matches, key=lambda pair: len(pair[0]))
+    return new + key[len(old):]
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:LISTED])
+    return shown if len(items) <= LISTED else f"{shown}, ... and {len(items) - LISTED} more"
+
+
+def map_state_dict(
+    state: Mapping[str, Tensor], layout: Layout, expected: Mapping[str, Tensor], *, source: str, target: str
+) -> dict[str, Tensor]:
+    """Map a released state dict onto an nlseg module's names, strictly (see the module docstring).
+
+    Args:
+        state: the released tensors by released name (``module.`` already removed).
+        layout: the key map.
+        expected: the nlseg module's state dict (shapes and dtypes; a model on the meta device will do).
+        source: the file, for messages.
+        target: what is converted into, for messages (``"ann_r101 (19 classes)"``).
+
+    Returns:
+        A state dict with exactly ``expected``'s keys; tensors keep the file's dtype (``load_state_dict`` casts).
+
+    Raises:
+        CheckpointError: one line naming missing, unexpected and mis-shaped keys (released names, both
+            shapes), and aliases that differ from the tensor they should repeat.
+    """
+    state = dict(state)
+    problems: dict[str, list[str]] = {"missing": [], "unexpected": [], "shape": [], "alias": []}
+
+    for alias, original in layout.aliases:
+        originals = [k for k in state if _under(k, original)]
+        for key in originals:
+            copy = alias + key[len(original):]
+            if copy not in state:
+                problems["missing"].append(copy)
+            elif state[copy].shape != state[key].shape or not torch.equal(state[copy], state[key]):
+                problems["alias"].append(f"{copy} differs from {key}")
+        for key in [k for k in state if _under(k, alias)]:
+            if original + key[len(alias):] not in state:
+                problems["unexpected"].append(key)
+            del state[key]
+
+    for conv, norm in layout.folded_biases:
+        bias, mean = state.pop(f"{conv}.bias", None), state.get(f"{norm}.running_mean")
+        if bias is None:
+            problems["missing"].append(f"{conv}.bias")
+        elif mean is not None and bias.shape != mean.shape:
+            problems["shape"].append(f"{conv}.bias {tuple(bias.shape)} vs {norm}.running_mean {tuple(mean.shape)}")
+        elif mean is not None:
+            state[f"{norm}.running_mean"] = mean - bias
+
+    converted: dict[str, Tensor] = {}
+    matched: set[str] = set()
+    for key, value in state.items():
+        if any(_under(key, prefix) for prefix in layout.dropped):
+            continue
+        name = _swap(key, layout.renames)
+        if name is None or name not in expected or name in matched:
+            problems["unexpected"].append(key)
+            continue
+        matched.add(name)
+        if value.shape != expected[name].shape:
+            problems["shape"].append(f"{key} {tuple(value.shape)} vs {name} {tuple(expected[name].shape)}")
+        else:
+            converted[name] = value.detach().clone()
+
+    for name, reference in expected.items():
+        if name in matched:
+            continue
+        if name.endswith(COUNTER):
+            converted[name] = torch.zeros((), dtype=reference.dtype)
+        else:
+            problems["missing"].append(_swap(name, layout.renames, reverse=True) or name)
+
+    if any(problems.values()):
+        parts = [f"{source} does not fit {target} as the {layout.description}"]
+        for kind, title in (("missing", "missing from the file"), ("unexpected", "unexpected in the file"),
+                            ("shape", "shape mismatches (file vs model)"), ("alias", "repeated modules that differ")):
+            if problems[kind]:
+                parts.append(f"{title} ({len(problems[kind])}): {_listed(problems[kind])}")
+        raise CheckpointError("; ".join(parts))
+    return {name: converted[name] for name in expected}
+
+
+def converted_config(cfg: Config, layout: Layout) -> Config:
+    """The recipe a converted checkpoint records: ``cfg`` with the released network's model options and input
+    normalisation (what ``nlseg eval`` and ``predict`` rebuild the model and read images with).
+
+    Raises:
+        ConfigError: the recipe's model is not one the layout converts into.
+    """
+    if cfg.model.name not in layout.models:
+        raise ConfigError(
+            f"recipe {cfg.name} builds {cfg.model.name!r}; the {layout.name} format converts into "
+            f"{', '.join(layout.models)}"
+        )
+    data = cfg.to_dict()
+    data["model"]["options"] = {**data["model"]["options"], **dict(layout.options)}
+    if layout.normalize is not None:
+        data["data"]["normalize"] = layout.normalize
+    return Config.from_dict(data, source=f"recipe {cfg.name} as converted from the {layout.description}")
+
+
+def _class_names(cfg: Config, num_classes: int) -> list[str]:
+    names = cfg.data.options.get("classes") or getattr(dataset_class(cfg.data.dataset), "classes", ())
+    return list(names) if len(names) == num_classes else [f"class_{k}" for k in range(num_classes)]
+
+
+_DEPTHS: dict[tuple[int, ...], str] = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+"""Blocks per stage of the deep-base ResNets torchcv (ANN's framework) builds -> nlseg's backbone."""
+
+
+def _deep_base_resnet(state: Mapping[str, Tensor], source: str) -> tuple[str, int]:
+    """The backbone a deep-base ResNet file is for: its name by the blocks per stage, its width by the stem."""
+    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"{stage}.")}) for stage, _ in _STAGES)
+    stem = state.get("conv1.weight", state.get("prefix.conv1.weight"))
+    if blocks not in _DEPTHS or stem is None or stem.dim() != 4:
+        raise CheckpointError(
+            f"{source} is not a deep-base ResNet-50/101/152 file: blocks per stage {blocks} (expected one of "
+            f"{', '.join(map(str, _DEPTHS))}) and stem conv1.weight {None if stem is None else tuple(stem.shape)} "
+            "(expected (64, 3, 3, 3))"
+        )
+    return _DEPTHS[blocks], stem.shape[0]
+
+
+def convert_released(layout_name: str, source: str | os.PathLike[str], cfg: Config | None = None) -> dict[str, Any]:
+    """Convert a released file into what nlseg loads.
+
+    Args:
+        layout_name: one of :data:`FORMATS`.
+        source: the released file.
+        cfg: the recipe whose model the checkpoint is for (``ann``, ``dnl``); None for ``ann-backbone``.
+
+    Returns:
+        ``ann-backbone``: the state dict of nlseg's ``resnet101(stem="deep")`` backbone (ResNet-50 or -152,
+        or a narrower width, where the file's blocks per stage and stem say so). ``ann`` / ``dnl``: a checkpoint as ``nlseg train`` writes its ``best.pt``
+        (``model``, ``model_name``, ``num_classes``, ``class_names``, ``config``, ``iteration``, ``best_miou``,
+        ``best_iteration``) plus ``converted_from`` (the source file and format).
+
+    Raises:
+        CheckpointError: an unreadable file or one that does not fit (see :func:`map_state_dict`).
+        ConfigError: an unknown format, a recipe for another model, a recipe whose class count is unknown.
+    """
+    if layout_name not in LAYOUTS:
+        raise ConfigError(f"unknown format {layout_name!r}; expected one of {', '.join(FORMATS)}")
+    layout = LAYOUTS[layout_name]
+    if not layout.models:
+        if cfg is not None:
+            raise ConfigError(f"the {layout.name} format converts a backbone file and takes no recipe")
+        state = read_released(source)
+        name, width = _deep_base_resnet(state, str(source))
+        with torch.device("meta"):
+            expected = create_backbone(name, stem="deep", width=width).state_dict()
+        target = f"nlseg's {name} (stem: deep{'' if width == 64 else f', width {width}'})"
+        return map_state_dict(state, layout, expected, source=str(source), target=target)
+
+    if cfg is None:
+        raise ConfigError(f"the {layout.name} format needs the recipe of the model it converts into")
+    cfg = converted_config(cfg, layout)
+    num_classes = dataset_num_classes(cfg)
+    if num_classes is None:
+        raise ConfigError(f"recipe {cfg.name}: the number of classes of its {cfg.data.dataset} data set is not "
+                          "known before it is read; set data.options.classes")
+    state = read_released(source)
+    with torch.device("meta"):
+        expected = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.options).state_dict()
+    weights = map_state_dict(
+        state, layout, expected, source=str(source), target=f"{cfg.model.name} ({num_classes} classes, recipe {cfg.name})"
+    )
+    return {
+        "model": weights,
+        "model_name": cfg.model.name,
+        "num_classes": num_classes,
+        "class_names": _class_names(cfg, num_classes),
+        "config": cfg.to_dict(),
+        "iteration": 0,
+        "best_miou": float("-inf"),
+        "best_iteration": 0,
+        "converted_from": {"file": str(source), "format": layout.name},
+    }
