@@ -19,6 +19,14 @@ __all__ = [
 ]
 
 
+def pixels(text: str) -> int:
+    """argparse type of a size in pixels: a positive whole number (``--max-size``, ``--height``)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text}")
+    return value
+
+
 def add_overrides(parser: argparse.ArgumentParser, what: str = "a recipe field") -> None:
     """``--set KEY=VALUE [KEY=VALUE ...]``, repeatable; collected in ``args.overrides``."""
     parser.add_argument(

@@ -10,15 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_recipe, check_output_file
+from nlseg.cli.common import add_recipe, check_output_file, pixels
 from nlseg.errors import OutputError
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text}")
-    return value
 
 
 def add_parser(sub) -> None:
@@ -37,11 +30,11 @@ def add_parser(sub) -> None:
     p.add_argument("--format", default="onnx", help="file format; onnx is the one there is (default: onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: 18)")
     p.add_argument(
-        "--height", type=_positive_int,
+        "--height", type=pixels,
         help="height of the example input, the only height a fixed-size model accepts "
         "(default: the recipe's eval.crop_size, else data.crop_size; with --width alone: as --width)",
     )
-    p.add_argument("--width", type=_positive_int, help="width of the example input (default: as --height)")
+    p.add_argument("--width", type=pixels, help="width of the example input (default: as --height)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 

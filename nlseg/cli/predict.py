@@ -10,14 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels, got {text}")
-    return value
+from nlseg.cli.common import add_device, add_recipe, check_output_dir, pixels
 
 
 def add_parser(sub) -> None:
@@ -33,7 +26,7 @@ def add_parser(sub) -> None:
         help="folder for index PNGs, colour PNGs and overlays; refused when an output would replace an input",
     )
     p.add_argument(
-        "--max-size", type=_positive_int, metavar="N",
+        "--max-size", type=pixels, metavar="N",
         help="predict images whose long side exceeds N pixels at long side N, then enlarge the class map back "
         "(nearest neighbour) to the image's size; bounds time and memory on large photos (default: full size)",
     )
