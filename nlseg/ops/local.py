@@ -59,11 +59,8 @@ def exporting() -> bool:
 
 
 def _relation(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
-    b, _, h, w = q.shape
-    out = q.new_empty(b, kernel_size * kernel_size, h, w)
-    for n, k_n in _windows(k, kernel_size):
-        out[:, n] = (q * k_n).sum(1)
-    return out  # (B, k^2, H, W)
+    """``q_j · k_{j+n}`` for every offset n, out of place (so also the traceable path export takes)."""
+    return torch.stack([(q * k_n).sum(1) for _, k_n in _windows(k, kernel_size)], dim=1)  # (B, k^2, H, W)
 
 
 def _gather(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
@@ -81,11 +78,6 @@ def _aggregate(v: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
         ky, kx = divmod(n, kernel_size)
         out[..., ky : ky + h, kx : kx + w].addcmul_(weights[:, n : n + 1], v)
     return out[..., r : r + h, r : r + w]  # (B, C, H, W)
-
-
-def _relation_traceable(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
-    """:func:`_relation` out of place, for export."""
-    return torch.stack([(q * k_n).sum(1) for _, k_n in _windows(k, kernel_size)], dim=1)  # (B, k^2, H, W)
 
 
 def _aggregate_traceable(v: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
@@ -156,7 +148,7 @@ def local_relation(q: Tensor, k: Tensor, kernel_size: int = 3) -> Tensor:
     _check_kernel(kernel_size)
     _check_maps("q", q, "k", k, same_channels=True)
     if exporting():
-        return _relation_traceable(q, k, kernel_size)
+        return _relation(q, k, kernel_size)
     return _LocalRelation.apply(q.contiguous(), k.contiguous(), kernel_size)
 
 
