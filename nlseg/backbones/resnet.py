@@ -104,7 +104,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place: neither the norm's nor the convolution's backward reads its output
+        return self.relu(out)
 
     def zero_init_last(self) -> None:
         """Zero the last norm's scale so the block starts as the identity (Goyal et al. 2017)."""
@@ -151,7 +152,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place: neither the norm's nor the convolution's backward reads its output
+        return self.relu(out)
 
     def zero_init_last(self) -> None:
         """Zero the last norm's scale so the block starts as the identity (Goyal et al. 2017)."""
