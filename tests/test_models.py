@@ -52,6 +52,7 @@ def test_every_row_of_both_papers_is_registered():
         "denoised_nl": (18, 50, 101),
         "dnl_baseline": (18, 50, 101),
         **{f: (50, 101) for f in ("nl", "ocnet", "ccnet", "danet", "dranet", "ppm", "aspp")},
+        **{f"{f}_head": (50, 101) for f in ("nl", "danet", "ppm", "aspp")},  # the blocks' original networks
         **{
             f: (50, 101)
             for f in ("ann", "ann_nb", "ann_apnb", "ann_common_fusion", "ann_fnb", "ann_afnb")
