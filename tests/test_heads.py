@@ -2,8 +2,9 @@
 the attention in the heads equal to the plain formulas forward and backward, and a short run whose loss falls.
 
 The parameter counts are written out from mmsegmentation's layer lists (``NLHead``, ``DAHead``, ``PSPHead``,
-``ASPPHead``, ``FCNHead``, ``ResNetV1c``); a build of mmsegmentation's own models gives the same totals
-(``benchmarks/heads_parity.py``), DANet's less its two branch classifiers (2 x (512·19 + 19) = 19,494).
+``ASPPHead``, ``FCNHead``, ``ResNetV1c``). Building mmsegmentation 1.2.2's own models (SyncBN as BN) gave the same
+totals per backbone, decode head and auxiliary head, DANet's decode head less its two branch classifiers
+(2 x (512·19 + 19) = 19,494); see docs/models.md.
 """
 from __future__ import annotations
 
