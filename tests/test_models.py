@@ -52,6 +52,7 @@ def test_every_row_of_both_papers_is_registered():
         "denoised_nl": (18, 50, 101),
         "dnl_baseline": (18, 50, 101),
         **{f: (50, 101) for f in ("nl", "ocnet", "ccnet", "danet", "dranet", "ppm", "aspp")},
+        **{f"{f}_head": (50, 101) for f in ("nl", "danet", "ppm", "aspp")},  # the blocks' original networks
         **{
             f: (50, 101)
             for f in ("ann", "ann_nb", "ann_apnb", "ann_common_fusion", "ann_fnb", "ann_afnb")
@@ -74,6 +75,8 @@ ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256,
 PIPELINE_OPTIONS = SHARED | dict(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, head_channels=512,
                                  dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False,
                                  init="released")
+HEAD_OPTIONS = SHARED | dict(stem="v1c", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
+                             align_corners=False, grad_checkpointing=False)
 DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False,
                                       qkv_bias=False)
 
@@ -87,6 +90,8 @@ def expected_options(name: str) -> dict:
         return backbone | FCN_OPTIONS
     if family.startswith("ann"):
         return backbone | ANN_OPTIONS
+    if family.endswith("_head"):  # the blocks' original networks (mmsegmentation's heads)
+        return backbone | HEAD_OPTIONS
     if family == "denoised_nl":
         return backbone | DNL_OPTIONS | small_grid
     return backbone | PIPELINE_OPTIONS | small_grid

@@ -55,7 +55,7 @@ __all__ = [
 
 STAGES: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4")
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
-STEMS: tuple[str, ...] = ("classic", "deep")
+STEMS: tuple[str, ...] = ("classic", "deep", "v1c")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -174,13 +174,15 @@ class ResNet(nn.Module):
     ReLU between them, then norm + ReLU + maxpool (PSPNet's deep stem, "ResNet-C" in He et al. 2019;
     the released Denoised NL backbone). Its convolutions form ``conv1 = Sequential(conv, norm, ReLU, conv, norm, ReLU,
     conv)`` (keys ``conv1.0``, ``conv1.1``, ``conv1.3``, ``conv1.4``, ``conv1.6``) and the last norm
-    is ``bn1``, as in that code; layer1 then takes 2w channels.
+    is ``bn1``, as in that code; layer1 then takes 2w channels. ``"v1c"`` is the same three convolutions
+    at half the width, 3→w/2 stride 2, w/2→w/2, w/2→w (the 32-32-64 stem of ResNet-C in He et al. 2019 and of
+    mmsegmentation's ``ResNetV1c``), same keys; layer1 then takes w channels, as with the classic stem.
 
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
         layers: number of blocks in each of the four stages.
         output_stride: ratio of input to layer4 size: 8, 16 or 32.
-        stem: ``"classic"`` or ``"deep"``.
+        stem: ``"classic"``, ``"deep"`` or ``"v1c"``.
         multi_grid: one factor per layer4 block, or None.
         dilate_first_block: give the first block of a dilated stage the stage's dilation instead of the
             previous one (released Denoised NL backbone); False follows torchvision.
@@ -231,20 +233,23 @@ class ResNet(nn.Module):
             )
         if in_channels < 1 or width < 1:
             raise ValueError(f"in_channels and width must be positive, got {in_channels} and {width}")
+        if stem == "v1c" and width < 2:
+            raise ValueError(f"stem='v1c' halves the width in its first convolutions, so width must be >= 2, got {width}")
         self.checkpointing = checkpointing
 
-        stem_channels = width if stem == "classic" else 2 * width
+        stem_channels = 2 * width if stem == "deep" else width
         if stem == "classic":
             self.conv1: nn.Module = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         else:
+            inner = width if stem == "deep" else width // 2  # v1c: 32-32-64 at width 64
             self.conv1 = nn.Sequential(
-                _conv3x3(in_channels, width, stride=2),
-                norm_layer(width),
+                _conv3x3(in_channels, inner, stride=2),
+                norm_layer(inner),
                 nn.ReLU(inplace=True),
-                _conv3x3(width, width),
-                norm_layer(width),
+                _conv3x3(inner, inner),
+                norm_layer(inner),
                 nn.ReLU(inplace=True),
-                _conv3x3(width, stem_channels),
+                _conv3x3(inner, stem_channels),
             )
         self.bn1 = norm_layer(stem_channels)
         self.relu = nn.ReLU(inplace=True)

@@ -14,8 +14,8 @@ __all__ = ["ASPP", "aspp_at_stride_16"]
 
 class ASPP(nn.Module):
     """ASPP: a 1x1 conv, one 3x3 conv per dilation and an image-pooling branch (global average pool ->
-    1x1 conv), each + BN + ReLU, all ``out_channels`` wide; concatenated, then 1x1 projection + BN + ReLU +
-    Dropout2d.
+    1x1 conv), each + BN + ReLU, all ``out_channels`` wide; concatenated (the image-pooling branch last), then a
+    projection (1x1 by default, as DeepLabV3; mmsegmentation's ASPPHead: 3x3) + BN + ReLU + Dropout2d.
 
     Dilations (12, 24, 36) suit output stride 8 and (6, 12, 18) output stride 16 (DeepLabV3 §3.3);
     the model passes the ones for its backbone. The image-pooling branch normalises a 1 x 1 map, so
@@ -27,6 +27,7 @@ class ASPP(nn.Module):
         dilations: dilation rates of the 3x3 branches.
         norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
         dropout: Dropout2d rate after the projection.
+        project_kernel_size: odd kernel size of the projection (1; mmsegmentation's ASPPHead: 3).
     """
 
     num_inputs = 1
@@ -39,8 +40,11 @@ class ASPP(nn.Module):
         *,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         dropout: float = 0.1,
+        project_kernel_size: int = 1,
     ) -> None:
         super().__init__()
+        if project_kernel_size < 1 or project_kernel_size % 2 == 0:
+            raise ValueError(f"ASPP: project_kernel_size must be a positive odd int, got {project_kernel_size!r}")
         if any(not isinstance(d, int) or d < 1 for d in dilations):
             raise ValueError(f"ASPP: dilations must be positive ints, got {dilations!r}")
         check_channels("ASPP", out_channels=out_channels)
@@ -51,7 +55,7 @@ class ASPP(nn.Module):
         )
         self.image_pool = ConvNormAct(in_channels, out_channels, 1, norm_layer=norm_layer)
         self.project = nn.Sequential(
-            ConvNormAct(out_channels * (len(dilations) + 2), out_channels, 1, norm_layer=norm_layer),
+            ConvNormAct(out_channels * (len(dilations) + 2), out_channels, project_kernel_size, norm_layer=norm_layer),
             nn.Dropout2d(dropout),
         )
 

@@ -43,7 +43,8 @@ class BackboneOptions:
         norm_layer: normalisation class used everywhere in the model (BatchNorm2d, SyncBatchNorm, ...).
         backbone_width: base width of the backbone (64 is the standard network).
         output_stride: 8, 16 or 32 (8 in both papers).
-        stem: ``"classic"`` or ``"deep"`` (the released codes' three 3x3 convolutions).
+        stem: ``"classic"``, ``"deep"`` (the released codes' three 3x3 convolutions, 64-64-128) or ``"v1c"`` (the
+            same at half width, 32-32-64: mmsegmentation's ResNetV1c).
         multi_grid: layer4 multi-grid factors, or None.
         dilate_first_block: the first block of a dilated stage takes the stage's dilation (released
             Denoised NL backbone) instead of the previous one (torchvision).

@@ -24,6 +24,7 @@ from nlseg.models.ann import ANN_BACKBONE, ann
 from nlseg.models.base import BackboneOptions
 from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
 from nlseg.models.fcn import fcn
+from nlseg.models.heads import HEADS_BACKBONE, context_head
 
 __all__ = ["ANN_INPUT", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
@@ -68,9 +69,10 @@ class ZooEntry:
         builder: builds the model (a family builder such as :func:`~nlseg.models.fcn.fcn` with the row's
             arguments bound); its options are explicit keyword-only parameters, its ``backbone_options``
             default offers the backbone's fields, and it takes ``num_classes`` and ``pretrained_backbone``.
-        paper: which paper: "ANN" (Zhu et al., ICCV 2019), "Denoised NL" (Song et al., TNNLS 2023), or
-            "demo" for the small networks no paper reports.
-        table: the paper's table(s), e.g. "6" or "II-IV"; "" for demo networks.
+        paper: which paper: "ANN" (Zhu et al., ICCV 2019), "Denoised NL" (Song et al., TNNLS 2023), "original"
+            for a compared block's own network (the block as the head on layer4 at 1/8, as mmsegmentation builds it;
+            the row names the block's paper), or "demo" for the small networks no paper reports.
+        table: the paper's table(s), e.g. "6" or "II-IV"; "" for demo networks and the original networks.
         row: the row within the table, e.g. "+ AFNB + APNB (Full) (R-101)".
         input_size: (H, W) of the image the paper measures the network at.
         miou: the row's mIoU (%) on Cityscapes val, or None when the paper reports none.
@@ -79,7 +81,7 @@ class ZooEntry:
         memory_mb: the paper's GPU memory (MB) of the whole network at inference (ANN Table 2).
         inference_s: the paper's inference time (s) per image (ANN Table 2, one Titan Xp).
         block: the ``create_block`` name of the model's context block (ANN: the block after the fusion);
-            None for the baselines.
+            None for the baselines and the original networks (whose heads wrap their block in convolutions).
         table5_gflops: Denoised NL Table V: GFLOPs the block adds to the Baseline at 768 x 768.
         table5_memory_mb: Denoised NL Table V: GPU memory (MB) the block adds to the Baseline.
         variants: further paper rows reached with options.
@@ -194,6 +196,19 @@ def _entries() -> list[ZooEntry]:
                 f"{block}_r{depth}", functools.partial(denoised_nl_pipeline, block, backbone_options=backbone),
                 "Denoised NL", table, f"{row} (R-{depth}), in the Denoised NL pipeline at 1/16", DNL_INPUT,
                 miou=miou, block=block, table5_gflops=delta[0], table5_memory_mb=delta[1]))
+    # The compared blocks' original networks (nlseg.models.heads): head, source paper, mmsegmentation's head class
+    originals = (
+        ("nl_head", "nl", "Non-local (Wang et al., CVPR 2018)", "NLHead"),
+        ("danet_head", "danet", "DANet (Fu et al., CVPR 2019)", "DAHead"),
+        ("ppm_head", "ppm", "PSPNet (Zhao et al., CVPR 2017)", "PSPHead"),
+        ("aspp_head", "aspp", "DeepLabV3 (Chen et al., 2017)", "ASPPHead"),
+    )
+    for name, head, source, head_class in originals:
+        for depth in (50, 101):
+            entries.append(ZooEntry(
+                f"{name}_r{depth}", functools.partial(context_head, head, backbone_options=_on(HEADS_BACKBONE, depth)),
+                "original", "", f"{source} head on layer4 at 1/8, as mmsegmentation's {head_class} (R-{depth})",
+                ANN_INPUT))
     return entries
 
 
