@@ -7,8 +7,11 @@
 Networks: ANN, NL, DANet, ASPP (DeepLabV3) and PSP with a dilated ResNet-50/101 at output stride 8, 19 classes,
 random weights. mmseg's models are built from its own ``configs/<method>/<name>_r{50,101}-d8_4xb2-40k_cityscapes-
 512x1024.py`` (the installed package's copy), SyncBN replaced by BN and no pretrained weights; nlseg's are the
-registry models ``ann_r*``, ``nl_r*``, ``danet_r*``, ``aspp_r*`` and ``ppm_r*`` (PSP). Which rows are the same
-architecture on both sides and which differ is printed under the table (:data:`NETWORKS`).
+registry models of the same architecture: ``ann_r*`` and the heads on layer4 at 1/8, ``nl_head_r*``,
+``danet_head_r*``, ``aspp_head_r*`` and ``ppm_head_r*`` (PSP). The ``*-dnl`` rows (not run by default) put the
+Denoised NL paper's pipeline models ``nl_r*``, ``danet_r*``, ``aspp_r*``, ``ppm_r*`` against the same mmseg
+heads. Which rows are the same architecture on both sides and which differ is printed under the table
+(:data:`NETWORKS`).
 
 What is measured, identically on both sides:
 
@@ -31,13 +34,16 @@ What is measured, identically on both sides:
   timed passes minus the resident set just before them, in MiB: what the pass itself adds to the process
   (activations and workspaces; for ``train`` also the gradients), with the model, and SGD's momentum buffers
   from the warm-up step, already resident.
-- GFLOPs and parameters: the warm-up forward pass counted by PyTorch's ``FlopCounterMode`` (nlseg's side by
+- GFLOPs and parameters: the warm-up pass (inference: the forward; train: forward and backward, auxiliary
+  heads included) counted by PyTorch's ``FlopCounterMode`` (nlseg's side by
   ``nlseg.analysis.measure.count_flops``, which adds the in-place products nlseg's ops use), 2 per
   multiply-add; parameters without the auxiliary heads.
 
 Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
-``channels_last``, ``bf16``, ``compile`` with ``--compile``), ``exact`` = fold_bn + channels_last, mmseg, and
-``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster). ``train``: nlseg ``as_built``,
+``channels_last``, ``bf16``, ``compile`` with ``--compile``), ``exact`` = fold_bn + channels_last,
+``exact_compile`` = exact + ``torch.compile`` (with ``--compile``; the compile time is not counted), mmseg, and
+``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster), and over ``exact_compile``'s where measured.
+``train``: nlseg ``as_built``,
 ``channels_last`` (model and batch), ``compile`` with ``--compile``, mmseg. The full default table (5 networks
 x 2 depths) takes more than an hour on 2 CPU cores; ``--quick`` is a smoke run (ANN R-50, small inputs, one
 repeat, two nlseg columns).
@@ -78,32 +84,59 @@ class Network:
 NETWORKS: dict[str, Network] = {
     "ann": Network(
         "ANN", "ann_r{depth}", "ann/ann_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", True,
-        "like-for-like: the ANN paper's network on both sides (deep-stem ResNet, AFNB fusing layer3 and layer4 "
-        "to 2048 channels, conv3x3 -> 512, APNB, classifier, at 1/8); layer details differ (mmseg's key/query "
-        "projections and dropout 0.1, nlseg's ceil-mode stem pool and dropout 0.05)",
+        "like-for-like: the ANN paper's network on both sides (AFNB fusing layer3 and layer4 to 2048 channels, "
+        "conv3x3 -> 512, APNB, classifier, at 1/8); layer details differ: nlseg's is the released one (classic "
+        "stem with ceil-mode pool, layer3 auxiliary head 1024 -> 512, dropout 0.05), mmseg's has a deep stem, a "
+        "1024 -> 256 auxiliary head and its own key/query projections",
     ),
     "nl": Network(
-        "NL", "nl_r{depth}", "nonlocal_net/nonlocal_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", False,
-        "architectural: nlseg = Denoised NL pipeline (reduction to 512 at 1/16, block, x2 upsample, concat with "
-        "layer4 and global context); mmseg = NLHead (conv -> NL block at 1/8 -> concat input)",
+        "NL", "nl_head_r{depth}", "nonlocal_net/nonlocal_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", True,
+        "like-for-like: NLHead on layer4 at 1/8 on both sides (conv3x3 -> 512, non-local block with 256 key "
+        "channels, conv3x3, concat with layer4, conv3x3 -> 512, classifier), FCN auxiliary head on layer3",
     ),
     "danet": Network(
-        "DANet", "danet_r{depth}", "danet/danet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", False,
-        "architectural: nlseg = Denoised NL pipeline with a DANet block at 1/16; mmseg = DAHead (PAM and CAM "
-        "branches at 1/8, three classifiers, of which inference uses the sum's)",
+        "DANet", "danet_head_r{depth}", "danet/danet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", True,
+        "like-for-like: DAHead on layer4 at 1/8 on both sides (PAM and CAM branches, summed, classifier), FCN "
+        "auxiliary head on layer3",
     ),
     "aspp": Network(
-        "ASPP (DeepLabV3)", "aspp_r{depth}", "deeplabv3/deeplabv3_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
+        "ASPP (DeepLabV3)", "aspp_head_r{depth}", "deeplabv3/deeplabv3_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
+        True,
+        "like-for-like: ASPPHead on layer4 at 1/8 on both sides (image pool + 1x1 + dilations 12, 24, 36, "
+        "bottleneck conv3x3 -> 512), FCN auxiliary head on layer3",
+    ),
+    "psp": Network(
+        "PSP", "ppm_head_r{depth}", "pspnet/pspnet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", True,
+        "like-for-like: PSPHead on layer4 at 1/8 on both sides (bins 1, 2, 3, 6, bottleneck conv3x3 -> 512), "
+        "FCN auxiliary head on layer3",
+    ),
+    # The Denoised NL paper's rows: the same blocks inside its pipeline, against mmseg's heads (not by default).
+    "nl-dnl": Network(
+        "NL in the DNL pipeline", "nl_r{depth}", "nonlocal_net/nonlocal_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
         False,
+        "architectural: nlseg = Denoised NL pipeline (reduction to 512 at 1/16, block, x2 upsample, concat with "
+        "layer4 and global context, layer2 and layer3 auxiliary heads); mmseg = NLHead at 1/8",
+    ),
+    "danet-dnl": Network(
+        "DANet in the DNL pipeline", "danet_r{depth}", "danet/danet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
+        False,
+        "architectural: nlseg = Denoised NL pipeline with a DANet block at 1/16; mmseg = DAHead at 1/8",
+    ),
+    "aspp-dnl": Network(
+        "ASPP in the DNL pipeline", "aspp_r{depth}",
+        "deeplabv3/deeplabv3_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", False,
         "architectural: nlseg = Denoised NL pipeline with ASPP at 1/16 on 512 channels; mmseg = ASPPHead on "
         "layer4's 2048 channels at 1/8 (dilations 1, 12, 24, 36)",
     ),
-    "psp": Network(
-        "PSP", "ppm_r{depth}", "pspnet/pspnet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", False,
+    "psp-dnl": Network(
+        "PPM in the DNL pipeline", "ppm_r{depth}", "pspnet/pspnet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
+        False,
         "architectural: nlseg = Denoised NL pipeline with PPM at 1/16 on 512 channels; mmseg = PSPHead on "
         "layer4's 2048 channels at 1/8",
     ),
 }
+DEFAULT_NETWORKS: tuple[str, ...] = ("ann", "nl", "danet", "aspp", "psp")
+"""The like-for-like rows; the ``*-dnl`` rows (the Denoised NL pipeline's) only when asked for."""
 
 # Inference columns of nlseg: column -> keyword arguments of nlseg.engine.inference.InferenceOptions, or None for the
 # model itself in eval mode ("with_aux": forward(x, with_aux=True), every auxiliary head computed as before the
@@ -117,10 +150,11 @@ INFER_LEVERS: dict[str, dict | None] = {
     "bf16": dict(aux=False, fold_bn=False, channels_last=False, amp="bf16", compile=False),
     "compile": dict(aux=False, fold_bn=False, channels_last=False, amp="off", compile=True),
     "exact": dict(aux=False, fold_bn=True, channels_last=True, amp="off", compile=False),
+    "exact_compile": dict(aux=False, fold_bn=True, channels_last=True, amp="off", compile=True),
 }
 EXACT = "exact"
 TRAIN_LEVERS: tuple[str, ...] = ("as_built", "channels_last", "compile")
-SLOW_LEVERS = frozenset({"compile"})  # only with --compile
+SLOW_LEVERS = frozenset({"compile", "exact_compile"})  # only with --compile
 MMSEG = "mmseg"
 
 
@@ -334,7 +368,7 @@ def run_job(job: Job) -> Result:
         step, params = build(job, x, y)
 
     gflops = None
-    if job.task == "infer" and job.lever not in ("compile", "bf16"):
+    if job.lever not in ("compile", "exact_compile", "bf16"):
         gflops = _count_flops(job.side, step) / 1e9  # the warm-up pass, counted
     else:
         step()
@@ -478,9 +512,9 @@ def format_table(rows: Sequence[Row]) -> str:
             continue
         columns = [c for c in (*INFER_LEVERS, *TRAIN_LEVERS, MMSEG) if any(c in row.results for row in task_rows)]
         columns = list(dict.fromkeys(columns))
-        head = ["network", *columns, "mmseg / nlseg", "peak MiB nlseg / mmseg", "params M nlseg / mmseg"]
-        if task == "infer":
-            head.append("GFLOPs nlseg / mmseg")
+        compiled = any(row.results.get("exact_compile") is not None for row in task_rows)
+        head = ["network", *columns, "mmseg / nlseg", *(["mmseg / exact_compile"] if compiled else []),
+                "peak MiB nlseg / mmseg", "params M nlseg / mmseg", "GFLOPs nlseg / mmseg"]
         out += [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in task_rows:
             net = NETWORKS[row.network]
@@ -491,15 +525,17 @@ def format_table(rows: Sequence[Row]) -> str:
             best = best_nlseg(row)
             ref = row.results.get(MMSEG)
             if best is None or ref is None:
-                cells += ["—", "—", "—"] + (["—"] if task == "infer" else [])
+                cells += ["—"] * (4 + compiled)
             else:
                 column, ours = best
                 cells.append(f"**{ref.median / ours.median:.2f}×** ({column})")
+                if compiled:
+                    fast = row.results.get("exact_compile")
+                    cells.append("—" if fast is None else f"{ref.median / fast.median:.2f}×")
                 cells.append(f"{ours.peak_mib:.0f} / {ref.peak_mib:.0f}")
                 cells.append(f"{ours.params_m:.1f} / {ref.params_m:.1f}")
-                if task == "infer":
-                    flops = (ours.gflops, ref.gflops)
-                    cells.append("—" if None in flops else f"{flops[0]:.0f} / {flops[1]:.0f}")
+                flops = (ours.gflops, ref.gflops)
+                cells.append("—" if None in flops else f"{flops[0]:.0f} / {flops[1]:.0f}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     names = list(dict.fromkeys(row.network for row in rows))
@@ -509,7 +545,8 @@ def format_table(rows: Sequence[Row]) -> str:
     out.append(
         "mmseg / nlseg: mmseg's median time over nlseg's (the `exact` column where measured, else as built); "
         "> 1 means nlseg is faster. Peak MiB: resident memory the pass adds above the process with its model "
-        "loaded; params without auxiliary heads; GFLOPs of the counted forward pass (2 per multiply-add)."
+        "loaded; params without auxiliary heads; GFLOPs of the counted pass (2 per multiply-add): inference's "
+        "forward; the train step's forward and backward, auxiliary heads included."
     )
     for row in rows:
         for column, error in row.errors.items():
@@ -540,8 +577,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     all_levers = list(dict.fromkeys((*INFER_LEVERS, *TRAIN_LEVERS)))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS),
-                        help="networks to measure (default: all)")
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(DEFAULT_NETWORKS),
+                        help=f"networks to measure (default: the like-for-like rows {' '.join(DEFAULT_NETWORKS)})")
     parser.add_argument("--depths", nargs="+", type=int, choices=(50, 101), default=[50, 101],
                         help="ResNet depths (default: 50 101)")
     parser.add_argument("--tasks", nargs="+", choices=("infer", "train"), default=["infer", "train"],

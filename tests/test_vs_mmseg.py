@@ -40,7 +40,7 @@ def test_table_ratio_compares_mmseg_with_exact_column_and_marks_architectural_ro
     rows = [
         vs.Row("ann", 50, "infer", {"as_built": result(4.0, 1000, 43.8, 700), "exact": result(2.0, 800, 43.8, 650),
                                     "mmseg": result(3.0, 1200, 43.9, 690)}),
-        vs.Row("nl", 50, "infer", {"as_built": result(5.0, 900, 40.0), "mmseg": result(4.0, 1000, 48.0)}),
+        vs.Row("nl-dnl", 50, "infer", {"as_built": result(5.0, 900, 40.0), "mmseg": result(4.0, 1000, 48.0)}),
         vs.Row("ann", 50, "train", {"as_built": result(6.0, 2000, 43.8), "mmseg": None}, {"mmseg": "boom"}),
     ]
     table = vs.format_table(rows)
@@ -48,13 +48,35 @@ def test_table_ratio_compares_mmseg_with_exact_column_and_marks_architectural_ro
     ann = next(line for line in lines if line.startswith("| ANN R-50 | 4.00 s"))
     assert ann == ("| ANN R-50 | 4.00 s | 2.00 s | 3.00 s | **1.50×** (exact) | 800 / 1200 | 43.8 / 43.9 | "
                    "650 / 690 |")
-    nl = next(line for line in lines if line.startswith("| NL R-50 †"))
+    nl = next(line for line in lines if line.startswith("| NL in the DNL pipeline R-50 †"))
     assert "| **0.80×** (as_built) | 900 / 1000 | 40.0 / 48.0 | — |" in nl  # no exact column: as built; no FLOPs
     train = next(line for line in lines if line.startswith("| ANN R-50 | 6.00 s"))
-    assert train == "| ANN R-50 | 6.00 s | — | — | — | — |"
+    assert train == "| ANN R-50 | 6.00 s | — | — | — | — | — |"  # mmseg failed: no ratio, memory, params, FLOPs
     assert "- failed: ann R-50 train mmseg: boom" in lines
     assert "### Inference" in lines and "### Train step" in lines
-    assert "**NL** †: architectural" in table
+    assert "**NL in the DNL pipeline** †: architectural" in table
+    assert "**ANN**: like-for-like" in table
+
+
+def test_table_adds_the_compiled_ratio_when_measured():
+    def result(seconds: float):
+        return vs.Result([seconds], 100, 10.0, None)
+
+    rows = [vs.Row("nl", 50, "infer", {"exact": result(3.0), "exact_compile": result(2.0), "mmseg": result(4.5)})]
+    lines = vs.format_table(rows).splitlines()
+    assert "mmseg / exact_compile" in lines[2]
+    assert lines[4] == "| NL R-50 | 3.00 s | 2.00 s | 4.50 s | **1.50×** (exact) | 2.25× | 100 / 100 | 10.0 / 10.0 | — |"
+
+
+def test_default_networks_are_the_like_for_like_rows_and_all_are_registered():
+    from nlseg.models import list_models
+
+    assert vs.DEFAULT_NETWORKS == ("ann", "nl", "danet", "aspp", "psp")
+    assert all(vs.NETWORKS[name].like_for_like for name in vs.DEFAULT_NETWORKS)
+    assert not any(net.like_for_like for name, net in vs.NETWORKS.items() if name.endswith("-dnl"))
+    for net in vs.NETWORKS.values():
+        for depth in (50, 101):
+            assert net.nlseg.format(depth=depth) in list_models()
 
 
 def test_sync_bn_becomes_bn_everywhere_and_nothing_else_changes():
