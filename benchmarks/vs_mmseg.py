@@ -97,7 +97,8 @@ NETWORKS: dict[str, Network] = {
     "danet": Network(
         "DANet", "danet_head_r{depth}", "danet/danet_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py", True,
         "like-for-like: DAHead on layer4 at 1/8 on both sides (PAM and CAM branches, summed, classifier), FCN "
-        "auxiliary head on layer3",
+        "auxiliary head on layer3; in training mmseg also runs a classifier and a loss on each branch (two 1x1 "
+        "convolutions 512 -> 19), which nlseg's has not",
     ),
     "aspp": Network(
         "ASPP (DeepLabV3)", "aspp_head_r{depth}", "deeplabv3/deeplabv3_r{depth}-d8_4xb2-40k_cityscapes-512x1024.py",
