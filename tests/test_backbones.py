@@ -375,7 +375,7 @@ def test_registry_lists_builds_and_fails_loudly() -> None:
         create_backbone("resnet50", outputstride=8)
     with pytest.raises(ValueError, match=r"output_stride must be one of \(8, 16, 32\), got 4"):
         create_backbone("resnet50", output_stride=4)
-    with pytest.raises(ValueError, match=r"stem must be one of \('classic', 'deep'\), got 'wide'"):
+    with pytest.raises(ValueError, match=r"stem must be one of \('classic', 'deep', 'v1c'\), got 'wide'"):
         create_backbone("resnet50", stem="wide")
 
 
