@@ -99,7 +99,7 @@ def pyramid_sample(x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "
     """
     _check(x, sizes, mode)
     if mode == "max" and exporting():
-        return pyramid_sample_reference(x, sizes, mode)  # one slice per bin: fixed-size graph, exported quickly
+        return pyramid_sample_reference(x, sizes, mode)  # one slice per bin: a graph for this size only
     pool = adaptive_avg_pool if mode == "avg" else F.adaptive_max_pool2d
     return torch.cat([pool(x, n).flatten(2) for n in sizes], dim=2)  # (B, C, S)
 
