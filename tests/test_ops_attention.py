@@ -5,9 +5,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import nlseg.ops.pyramid as pyramid_module
 from nlseg.ops import (
+    adaptive_avg_pool,
     channel_attention,
     channel_attention_reference,
     criss_cross_attention,
@@ -140,6 +143,50 @@ def test_pyramid_hand_cases():
 def test_pyramid_gradcheck():
     x = torch.randn(1, 2, 5, 4, **F64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: pyramid_sample(t, (1, 2, 3)), (x,))
+
+
+# ---------------------------------------------------------------- adaptive_avg_pool (matrix form)
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 6, 8])
+def test_adaptive_avg_pool_matrix_form_equals_aten(bins):
+    """Two matrix products == F.adaptive_avg_pool2d, forward and backward, for L = 1, L < n, L a multiple of
+    n and not (overlapping bins), in float64: equal to rounding."""
+    torch.manual_seed(bins)
+    for size in [(1, 1), (1, 7), (2, 5), (5, 3), (8, 24), (13, 29), (17, 9)]:
+        x = torch.randn(2, 3, *size, **F64)
+        got = adaptive_avg_pool(x, bins, traceable=True)
+        assert got.shape == (2, 3, bins, bins)
+        assert (got - F.adaptive_avg_pool2d(x, bins)).abs().max() < 1e-14, size
+        assert_same_function(lambda t: adaptive_avg_pool(t, bins, traceable=True),
+                             lambda t: F.adaptive_avg_pool2d(t, bins), (x,), rtol=0, atol=1e-14)
+
+
+def test_adaptive_avg_pool_picks_its_path_by_exporting(monkeypatch):
+    x = torch.randn(1, 64, 11, 14, generator=torch.Generator().manual_seed(0))
+    aten, matrices = F.adaptive_avg_pool2d(x, 3), adaptive_avg_pool(x, 3, traceable=True)
+    assert not torch.equal(aten, matrices)  # float32 rounding tells the two apart
+    assert torch.equal(adaptive_avg_pool(x, 3), aten)  # eager: ATen's, bit for bit (golden outputs unchanged)
+    monkeypatch.setattr(pyramid_module, "exporting", lambda: True)
+    assert torch.equal(adaptive_avg_pool(x, 3), matrices)  # while exporting: the matrix form
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+def test_pyramid_export_path_equals_eager(monkeypatch, mode):
+    """While exporting: avg by the matrix form, max by the reference slices; the same function."""
+    x = torch.randn(2, 3, 7, 19, **F64)
+    eager = pyramid_sample(x, mode=mode)
+    monkeypatch.setattr(pyramid_module, "exporting", lambda: True)
+    assert_same_function(lambda t: pyramid_sample(t, mode=mode), lambda t: pyramid_sample_reference(t, mode=mode),
+                         (x,))
+    torch.testing.assert_close(pyramid_sample(x, mode=mode), eager, **TIGHT)
+
+
+def test_adaptive_avg_pool_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="bins"):
+        adaptive_avg_pool(torch.randn(1, 1, 4, 4), 0)
+    with pytest.raises(ValueError, match="shape"):
+        adaptive_avg_pool(torch.randn(4, 4), 2)
 
 
 def test_pyramid_rejects_bad_arguments():

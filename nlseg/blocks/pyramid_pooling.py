@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlseg.blocks.layers import ConvNormAct, check_channels
+from nlseg.ops import adaptive_avg_pool
 
 __all__ = ["PPM", "ppm_keep_width"]
 
@@ -61,7 +62,7 @@ class PPM(nn.Module):
         """(B, C, H, W) -> (B, out_channels, H, W)."""
         size = x.shape[-2:]
         levels = [
-            F.interpolate(branch(F.adaptive_avg_pool2d(x, n)), size=size, mode="bilinear", align_corners=self.align_corners)
+            F.interpolate(branch(adaptive_avg_pool(x, n)), size=size, mode="bilinear", align_corners=self.align_corners)
             for n, branch in zip(self.pool_sizes, self.branches, strict=True)
         ]
         return self.bottleneck(torch.cat([x, *levels], dim=1))

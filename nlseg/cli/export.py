@@ -19,10 +19,10 @@ def add_parser(sub) -> None:
         "export", help="write a checkpoint's model as an ONNX file (input: RGB 0..1, output: logits)",
         description="Export a trained model. The ONNX graph takes `image`, float32 (B, 3, H, W) RGB in 0..1, "
         "normalised inside the graph as in training, and returns `logits`, float32 (B, K, H, W) at the input's "
-        "size (argmax over K gives the classes). Batch, height and width are dynamic, except for models that "
-        "pool adaptively to fixed bins (APNB/AFNB pyramid sampling, PPM, DRANet), whose height and width are fixed to "
-        "the example size (--height, --width). The file is then run in onnxruntime and compared with PyTorch. "
-        "Needs `pip install nlseg[onnx]`.",
+        "size (argmax over K gives the classes). Batch, height and width are dynamic (also for adaptive average "
+        "pooling to bins: APNB/AFNB pyramid sampling, PPM, DRANet), except for ANN's max pyramid pooling "
+        "(pool_mode=max), whose height and width are fixed to the example size (--height, --width). The file "
+        "is then run in onnxruntime and compared with PyTorch. Needs `pip install nlseg[onnx]`.",
     )
     add_recipe(p, optional=True)
     p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: 18)")
     p.add_argument(
         "--height", type=pixels,
-        help="height of the example input, the only height a fixed-size model accepts "
+        help="height of the example input, the only height a fixed-size (max-pooling) model accepts "
         "(default: the recipe's eval.crop_size, else data.crop_size; with --width alone: as --width)",
     )
     p.add_argument("--width", type=pixels, help="width of the example input (default: as --height)")

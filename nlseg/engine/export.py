@@ -11,11 +11,14 @@ What the exported graph computes (:class:`ImageToLogits`):
   nodes only they feed (Denoised NL's class-map head stays, Global Rectifying reads it), and onnxruntime
   folds batch norms into the convolutions when it loads the file.
 
-The batch is dynamic. Height and width are dynamic unless a block pools adaptively to n x n bins with
-n > 1 (APNB/AFNB pyramid sampling, PPM): a bin's edges depend on the feature map's size, ONNX has no
-adaptive pooling, and the exporter would write the example's bins as constants, wrong at any other size.
-Those models are exported at the example size only (:func:`static_size_reason` says why), with their blocks'
-reference paths (``fused=False``: each bin pooled by one slice-and-mean, which the exporter handles quickly).
+The batch, height and width are dynamic. Blocks that pool adaptively to n x n bins (APNB/AFNB pyramid
+sampling, PPM, DRANet's compact position attention) have bin edges that depend on the feature map's size,
+and ONNX has no adaptive pooling; while exporting, their average pooling is two matrix products with
+averaging matrices computed in the graph from the runtime height and width
+(:func:`nlseg.ops.adaptive_avg_pool`), so the file is right at any size. The one exception is max pyramid
+pooling (``pool_mode="max"``, ANN Table 7 only): those models are exported at the example size only
+(:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is slow on that many
+nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (it needs ``onnx`` and ``onnxscript``; the check needs
 ``onnxruntime``: ``pip install nlseg[onnx]``). While it traces, the Denoised NL op computes its function in
@@ -24,7 +27,6 @@ plain tensor ops (see :mod:`nlseg.ops.denoised`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import logging
 import os
@@ -37,7 +39,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from nlseg.blocks import set_fused
 from nlseg.config import Config
 from nlseg.data.transforms import normalization
 from nlseg.engine.inference import build_model_from_checkpoint, saved_normalize
@@ -125,15 +126,17 @@ def require_onnx() -> None:
 def static_size_reason(model: nn.Module) -> str | None:
     """Why ``model``'s graph cannot take another height and width than the example's, or None if it can.
 
-    A module with ``pool_sizes`` holding some n > 1 (APNB, AFNB, PPM) pools adaptively to n x n bins; their
-    edges depend on the feature map's size and ONNX has no adaptive pooling.
+    A module with ``pool_mode="max"`` and ``pool_sizes`` holding some n > 1 (APNB, AFNB with ANN Table 7's max
+    pyramid pooling) max-pools adaptively to n x n bins: their edges depend on the feature size and ONNX has no
+    adaptive pooling. Average pooling to bins (APNB/AFNB by default, PPM, DRANet) is exported for any size, as
+    :func:`nlseg.ops.adaptive_avg_pool`'s matrix form.
     """
     for name, module in model.named_modules():
         sizes = getattr(module, "pool_sizes", None) or ()
-        if any(n > 1 for n in sizes):
+        if getattr(module, "pool_mode", "avg") == "max" and any(n > 1 for n in sizes):
             return (
-                f"{name} ({type(module).__name__}) pools adaptively to {'/'.join(map(str, sizes))} bins whose edges "
-                "depend on the feature size, and ONNX has no adaptive pooling"
+                f"{name} ({type(module).__name__}) max-pools adaptively to {'/'.join(map(str, sizes))} bins whose "
+                "edges depend on the feature size, and ONNX has no adaptive max pooling"
             )
     return None
 
@@ -186,12 +189,6 @@ def export_onnx(
         raise ConfigError(f"export example size must be positive (height, width), got {tuple(example_size)}")
     path = Path(path)
     reason = static_size_reason(model)
-    if reason is not None:
-        # Fixed size: the blocks' reference paths pool each bin with one slice-and-mean (110 ops for ANN's
-        # pyramid), where the exporter's decomposition of adaptive pooling takes ~ (H/n)·(W/n) ops per level
-        # (an ANN R-50 export at 512x1024 took 459 s that way). On a copy: the caller's model stays fused.
-        model = copy.deepcopy(model)
-        set_fused(model, False)
     wrapper = ImageToLogits(model, normalize).eval()
     dims = {0: torch.export.Dim.DYNAMIC}
     if reason is None:

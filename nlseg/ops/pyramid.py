@@ -4,6 +4,11 @@
 concatenates them in the given order: S = Σ n² anchors (110 for the default (1, 3, 6, 8)). Bin
 ``i`` of ``n`` along an axis of length L covers [floor(i·L/n), ceil((i+1)·L/n)), the bin edges of
 ``adaptive_avg_pool2d``; bins may overlap when L is not a multiple of n.
+
+While ``torch.export`` or the ONNX exporter traces (:func:`nlseg.ops.local.exporting`), average pooling is
+:func:`adaptive_avg_pool` in its matrix form, whose bins follow the traced map's size (ONNX has no adaptive
+pooling: ``F.adaptive_avg_pool2d`` would be written with the example's bins as constants), and max pooling
+takes the reference path's one slice per bin (a graph for the example's size only).
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["POOL_MODES", "pyramid_sample", "pyramid_sample_reference"]
+from nlseg.ops.local import exporting
+
+__all__ = ["POOL_MODES", "adaptive_avg_pool", "pyramid_sample", "pyramid_sample_reference"]
 
 POOL_MODES = ("avg", "max")
 
@@ -25,6 +32,58 @@ def _check(x: Tensor, sizes: Sequence[int], mode: str) -> None:
         raise ValueError(f"unknown pyramid pooling mode {mode!r}; expected one of {POOL_MODES}")
     if len(sizes) == 0 or any(not isinstance(n, int) or n < 1 for n in sizes):
         raise ValueError(f"sizes must be a non-empty sequence of positive ints, got {tuple(sizes)}")
+
+
+def _averaging_matrix(length: int, bins: int, like: Tensor) -> Tensor:
+    """(bins, length) matrix whose row i averages bin i: ``[s_i <= l < e_i] / (e_i - s_i)``.
+
+    ``length`` may be a symbolic size (torch.export): the edges are tensor ops on it, not Python constants.
+    """
+    i = torch.arange(bins, device=like.device)
+    start = i * length // bins  # floor(i·L/n)
+    end = ((i + 1) * length + bins - 1) // bins  # ceil((i+1)·L/n); all terms >= 0, so no negative division
+    position = torch.arange(length, device=like.device)
+    member = ((position >= start[:, None]) & (position < end[:, None])).to(like.dtype)  # (n, L)
+    return member / member.sum(1, keepdim=True)
+
+
+def adaptive_avg_pool(x: Tensor, bins: int, *, traceable: bool | None = None) -> Tensor:
+    """Adaptive average pooling of ``x`` to ``bins`` x ``bins``, as ``F.adaptive_avg_pool2d(x, bins)``.
+
+    Traceable form: two matrix products with bin-membership (averaging) matrices built from x's height
+    and width by tensor ops, so an exported graph is right at any size::
+
+        out = A_H · x · A_Wᵀ        A_L[i, l] = [s_i <= l < e_i] / (e_i - s_i)
+        s_i = floor(i·L/n),  e_i = ceil((i+1)·L/n),  i = 0..n-1, l = 0..L-1
+
+    i.e. ``out[i, j]`` is the mean of ``x`` over rows [s_i, e_i) and columns [s_j, e_j), the bins of
+    ``adaptive_avg_pool2d`` (overlapping when L is not a multiple of n; never empty, also for L < n).
+    n = 1 is the plain mean over H and W.
+
+    Eagerly it calls ``F.adaptive_avg_pool2d``: the matrix form agrees to float rounding (measured up to
+    2e-6 x max|out| in float32 at 64x128, and nearer the float64 value) but is not faster on the CPU at every
+    level and width, so eager results stay ATen's, bit for bit.
+
+    Args:
+        x: feature map (B, C, H, W).
+        bins: output side n >= 1.
+        traceable: True: the matrix form; False: ``F.adaptive_avg_pool2d``; None: the matrix form while
+            exporting (:func:`nlseg.ops.local.exporting`), else ``F.adaptive_avg_pool2d``.
+
+    Returns:
+        (B, C, n, n).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"x must be a (B, C, H, W) map, got shape {tuple(x.shape)}")
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}")
+    if not (exporting() if traceable is None else traceable):
+        return F.adaptive_avg_pool2d(x, bins)
+    if bins == 1:
+        return x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+    rows = _averaging_matrix(x.shape[-2], bins, x)  # (n, H)
+    cols = _averaging_matrix(x.shape[-1], bins, x)  # (n, W)
+    return rows @ x @ cols.T  # (n, H) @ (B, C, H, W) -> (B, C, n, W); @ (W, n) -> (B, C, n, n)
 
 
 def pyramid_sample(x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "avg") -> Tensor:
@@ -39,7 +98,9 @@ def pyramid_sample(x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "
         (B, C, S) anchors, S = Σ n².
     """
     _check(x, sizes, mode)
-    pool = F.adaptive_avg_pool2d if mode == "avg" else F.adaptive_max_pool2d
+    if mode == "max" and exporting():
+        return pyramid_sample_reference(x, sizes, mode)  # one slice per bin: a graph for this size only
+    pool = adaptive_avg_pool if mode == "avg" else F.adaptive_max_pool2d
     return torch.cat([pool(x, n).flatten(2) for n in sizes], dim=2)  # (B, C, S)
 
 
