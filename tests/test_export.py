@@ -45,7 +45,7 @@ GROUPS = {
     "ann": (SMALL, ["ann_nb_r50", "ann_fnb_r50", "ann_common_fusion_nb_r50", "ann_fnb_nb_r50"]),
     "ann_pooled": (SMALL, ["ann_r50", "ann_apnb_r50", "ann_afnb_r50", "ann_common_fusion_r50"]),  # pyramid sampling
     "fcn": ({"backbone_width": 8, "head_channels": 16}, ["fcn_r18"]),
-    # the blocks' original networks (nlseg.models.heads): PSPNet's pooled bins need a fixed size
+    # the blocks' original networks (nlseg.models.heads); PSPNet's pooled bins also at sizes whose bins differ
     "heads": (SMALL, ["nl_head_r50", "danet_head_r50", "aspp_head_r50"]),
     "heads_pooled": (SMALL, ["ppm_head_r50"]),
 }
