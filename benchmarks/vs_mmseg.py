@@ -40,7 +40,9 @@ What is measured, identically on both sides:
   multiply-add; parameters without the auxiliary heads.
 
 Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
-``channels_last``, ``bf16``, ``compile`` with ``--compile``), ``exact`` = fold_bn + channels_last,
+``channels_last`` (the backbone's; the decoder and heads take contiguous maps), ``bf16``, ``compile`` with
+``--compile``), ``exact`` = fold_bn + channels_last (nlseg's defaults), ``exact_cl_heads`` = exact with the decoder
+and heads channels-last too (``eval.channels_last_heads``),
 ``exact_compile`` = exact + ``torch.compile`` (with ``--compile``; the compile time is not counted), mmseg, and
 ``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster), and over ``exact_compile``'s where measured.
 ``train``: nlseg ``as_built``,
@@ -151,6 +153,8 @@ INFER_LEVERS: dict[str, dict | None] = {
     "bf16": dict(aux=False, fold_bn=False, channels_last=False, amp="bf16", compile=False),
     "compile": dict(aux=False, fold_bn=False, channels_last=False, amp="off", compile=True),
     "exact": dict(aux=False, fold_bn=True, channels_last=True, amp="off", compile=False),
+    "exact_cl_heads": dict(aux=False, fold_bn=True, channels_last=True, channels_last_heads=True, amp="off",
+                           compile=False),
     "exact_compile": dict(aux=False, fold_bn=True, channels_last=True, amp="off", compile=True),
 }
 EXACT = "exact"

@@ -258,7 +258,11 @@ class EvalConfig:
     fold_bn: bool = True
     """Fold every batch norm into the convolution before it (exact up to float rounding)."""
     channels_last: bool = True
-    """Weights and images in channels-last memory layout (exact; faster convolutions on CPU and recent GPUs)."""
+    """The backbone's weights and maps in channels-last memory layout (exact; faster convolutions on CPU and
+    recent GPUs)."""
+    channels_last_heads: bool = False
+    """With ``channels_last``, the decoder and heads channels-last too (on the CPU slower for most heads' 3x3
+    convolutions over 1024-4096 channels, faster for ASPP's dilated ones)."""
     amp: Literal["off", "bf16", "fp16"] = "off"
     """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
     compile: bool = False

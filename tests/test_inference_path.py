@@ -48,6 +48,10 @@ FAMILIES = [
     "dranet_r50",
     "ppm_r50",
     "aspp_r50",
+    "nl_head_r50",  # the blocks' original networks: heads on layer4 at 1/8
+    "danet_head_r50",
+    "ppm_head_r50",
+    "aspp_head_r50",
 ]
 NUM_CLASSES = 5
 SIZE = (33, 49)
@@ -116,6 +120,10 @@ def test_exact_levers_equal_the_eager_model(name: str, image: torch.Tensor):
     with torch.no_grad():
         assert torch.equal(model(image)["out"], plain["out"])
 
+    heads_too = prepare_for_inference(model, InferenceOptions(channels_last_heads=True))
+    with torch.no_grad():
+        assert relative_error(heads_too(image)["out"], full["out"]) <= EXACT
+
     with_aux = prepare_for_inference(model, InferenceOptions(aux=True))
     with torch.no_grad():
         got = with_aux(image)
@@ -163,6 +171,28 @@ def test_autocast_is_within_the_stated_tolerance(name: str, image: torch.Tensor)
         assert got.dtype == torch.float32
         assert relative_error(got, want) <= tolerance, amp
         assert same_class_share(got, want) >= 0.95, amp
+
+
+def _channels_last(t: torch.Tensor) -> bool:
+    """Strictly channels-last: laid out NHWC and not also plain contiguous (a 1x1 map or kernel is both)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_channels_last_is_the_backbones_and_the_heads_only_when_asked(heads: bool, image: torch.Tensor):
+    model = build("danet_head_r50")  # CAM, PAM and 3x3 convolutions in the decoder
+    prepared = prepare_for_inference(model, InferenceOptions(channels_last_heads=heads))
+    layouts = {part: {_channels_last(conv.weight) for conv in getattr(prepared.model, part).modules()
+                      if isinstance(conv, nn.Conv2d) and conv.kernel_size != (1, 1)}
+               for part in ("backbone", "decoder", "aux_heads")}
+    assert layouts == {"backbone": {True}, "decoder": {heads}, "aux_heads": {heads}}
+    seen = {}
+    hook = prepared.model.decoder.register_forward_pre_hook(lambda module, args: seen.update(args[0]))
+    with torch.no_grad():
+        prepared(image)
+    hook.remove()
+    assert set(seen) == {"layer1", "layer2", "layer3", "layer4"}
+    assert all(_channels_last(feature) == heads for feature in seen.values())
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import nlseg.ops.attention as attention_module
 import nlseg.ops.pyramid as pyramid_module
 from nlseg.ops import (
     adaptive_avg_pool,
@@ -75,6 +76,25 @@ def test_nonlocal_runs_on_the_flash_kernel(ck, cv):
     q, k, v = tokens_of_map(1, ck, 40), tokens_of_map(1, ck, 40), tokens_of_map(1, cv, 40)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v))
+
+
+@pytest.mark.parametrize("ck,cv", [(3, 10), (10, 3)])
+def test_nonlocal_inference_takes_query_blocks_and_equals_reference(ck, cv, monkeypatch):
+    """Without gradients, Ck != Cv on the CPU: query blocks of at most BLOCK_ELEMENTS map values (here 2 x 7
+    keys x 3 rows, so 37 queries make 13 blocks, the last one short), the reference's function; with a gradient
+    to keep, the fused kernel (no Python-level products)."""
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 2 * 7 * 3)
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(2, ck, 37), tokens_of_map(2, ck, 7), tokens_of_map(2, cv, 7)
+    calls = []
+    monkeypatch.setattr(torch, "bmm", lambda *a, _bmm=torch.bmm: calls.append(1) or _bmm(*a))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        got = nonlocal_attention(q, k, v, scale=0.5)
+    assert len(calls) == 2 * 13  # q kᵀ and the product with v, per block
+    calls.clear()
+    nonlocal_attention(q.requires_grad_(True), k, v, scale=0.5)
+    assert calls == []
+    torch.testing.assert_close(got, nonlocal_attention_reference(q, k, v, scale=0.5), **TIGHT)
 
 
 def test_nonlocal_gradcheck():
@@ -244,6 +264,18 @@ def test_channel_fast_matches_reference(compact):
     x = torch.randn(2, 6, 5, 7, **F64)
     inputs = (x,) if compact is None else (x, torch.randn(2, compact, 5, 7, **F64))
     assert_same_function(channel_attention, channel_attention_reference, inputs)
+
+
+@pytest.mark.parametrize("compact", [None, 3])
+def test_channel_attention_keeps_a_channels_last_layout(compact):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, **F64)
+    keys = None if compact is None else torch.randn(2, compact, 5, 7, **F64)
+    want = channel_attention(x, keys)
+    to_nhwc = (lambda t: None if t is None else t.contiguous(memory_format=torch.channels_last))
+    got = channel_attention(to_nhwc(x), to_nhwc(keys))
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, want, **TIGHT)
 
 
 def test_channel_gradcheck():

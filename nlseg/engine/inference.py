@@ -82,8 +82,12 @@ class InferenceOptions:
         aux: also return the auxiliary heads' logits (deep supervision's outputs, unused by a prediction);
             False runs only the heads the decoder reads (the Denoised NL class map for Global Rectifying).
         fold_bn: fold every batch norm into the convolution before it (:func:`nlseg.models.fold.fold_batchnorm`).
-        channels_last: weights and input in channels-last memory layout (faster convolutions on CPU and on
-            tensor-core GPUs).
+        channels_last: the backbone's weights and maps in channels-last memory layout (faster convolutions on
+            CPU and on tensor-core GPUs); the decoder and heads get contiguous maps unless ``channels_last_heads``.
+        channels_last_heads: with ``channels_last``, the decoder and heads channels-last too. On the CPU (oneDNN)
+            that is slower for the 3x3 convolutions over 1024-4096 channels that most heads have (1.3-1.6x for
+            the decoders of ANN, NL, DANet and PSP at 512x1024), faster for ASPP's dilated ones
+            (docs/efficiency.md, "The inference path").
         amp: ``off``, or autocast to ``bf16`` / ``fp16`` inside the forward (outputs are float32 again).
         compile: ``torch.compile`` the model (the first call at each input size compiles).
         compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to check tracing).
@@ -92,6 +96,7 @@ class InferenceOptions:
     aux: bool = False
     fold_bn: bool = True
     channels_last: bool = True
+    channels_last_heads: bool = False
     amp: Literal["off", "bf16", "fp16"] = "off"
     compile: bool = False
     compile_backend: str = "inductor"
@@ -170,10 +175,22 @@ def prepare_for_inference(
     if options.fold_bn:
         fold_batchnorm(model)
     if options.channels_last:
-        model.to(memory_format=torch.channels_last)
+        backbone = getattr(model, "backbone", None)
+        if options.channels_last_heads or backbone is None:
+            model.to(memory_format=torch.channels_last)
+        else:
+            backbone.to(memory_format=torch.channels_last)
+            backbone.register_forward_hook(_contiguous_features)
     if options.compile:
         model.compile(backend=options.compile_backend)
     return InferenceModel(model, options)
+
+
+def _contiguous_features(module: nn.Module, inputs: Any, features: dict[str, Tensor]) -> None:
+    """Forward hook of a channels-last backbone: its stage maps in place in the dict, as contiguous (NCHW) maps
+    for the decoder and heads, one at a time (each channels-last map is freed as its copy replaces it)."""
+    for stage, feature in features.items():
+        features[stage] = feature.contiguous()
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:

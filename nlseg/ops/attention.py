@@ -15,6 +15,12 @@ builds the map):
   memory-efficient one allows Cv != Ck); only the CPU path is checked by the test suite.
 * a unit-stride channel axis. Token views of a (B, C, H, W) map (``x.flatten(2).transpose(1, 2)``)
   are copied once, O(N·C).
+
+Padding costs most where Ck is far below Cv (DANet's PAM: 64 against 512, so q · k takes 8x its FLOPs).
+Where no gradient is needed on the CPU (inference), such calls instead take blocks of queries: each block's
+(B, rows, Nk) map of at most :data:`BLOCK_ELEMENTS` values is built, softmaxed and multiplied by v, the
+FLOPs of the formula itself and memory bounded by the block. Training keeps the flash kernel, whose backward
+needs no stored map.
 """
 from __future__ import annotations
 
@@ -22,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["nonlocal_attention", "nonlocal_attention_reference"]
+from nlseg.ops.local import exporting
+
+__all__ = ["BLOCK_ELEMENTS", "nonlocal_attention", "nonlocal_attention_reference"]
+
+BLOCK_ELEMENTS = 1 << 22
+"""Values of one query block's attention map on the CPU inference path (16 MiB in float32)."""
 
 
 def _check_tokens(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -60,6 +71,8 @@ def nonlocal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None =
     ck, cv = q.shape[-1], v.shape[-1]
     scale = _resolve_scale(scale, ck)
     # (B, 1, N, C): the fused kernels want a head axis and a unit-stride channel axis.
+    if q.device.type == "cpu" and ck != cv and not _traced_or_differentiated(q, k, v):
+        return _by_query_blocks(q, k, v, scale)
     q, k, v = (t.unsqueeze(1) if t.stride(-1) == 1 else t.contiguous().unsqueeze(1) for t in (q, k, v))
     if q.device.type == "cpu" and ck != cv:
         # The CPU flash kernel needs one head dimension; zero channels change neither q · k nor the used outputs.
@@ -68,6 +81,24 @@ def nonlocal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None =
         v = F.pad(v, (0, width - cv))
     out = F.scaled_dot_product_attention(q, k, v, scale=scale)  # (B, 1, Nq, max(Ck, Cv))
     return out[..., :cv].squeeze(1)  # (B, Nq, Cv)
+
+
+def _traced_or_differentiated(*tensors: Tensor) -> bool:
+    """A gradient will flow through the call, or it is being exported (one op for any size, not a Python loop)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return needs_grad or exporting()
+
+
+def _by_query_blocks(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``softmax(scale · q kᵀ) v`` a block of queries at a time, each block's (B, rows, Nk) map at most
+    :data:`BLOCK_ELEMENTS` values: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv)."""
+    rows = max(1, BLOCK_ELEMENTS // (q.shape[0] * k.shape[1]))
+    keys = k.transpose(1, 2)  # (B, Ck, Nk)
+    blocks = [
+        torch.bmm(torch.softmax(torch.bmm(block, keys).mul_(scale), dim=-1), v)  # (B, rows, Cv)
+        for block in q.split(rows, dim=1)
+    ]
+    return torch.cat(blocks, dim=1)  # (B, Nq, Cv)
 
 
 def nonlocal_attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:

@@ -46,6 +46,11 @@ def channel_attention(x: Tensor, keys: Tensor | None = None) -> Tensor:
     energy = torch.bmm(x_flat, keys_flat.transpose(1, 2))  # (B, C, K)
     # softmax(max_row(E) - E) == softmax(-E): softmax already subtracts the row maximum of -E.
     attention = torch.softmax(energy.neg(), dim=-1)
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        # Out in x's channels-last layout: (B, N, C) tokens = Yᵀ Aᵀ, whose (B, C, H, W) view is channels-last,
+        # so the residual sum and the next convolution see one layout (a mixed-layout sum is a slow strided loop).
+        tokens = torch.bmm(keys_flat.transpose(1, 2), attention.transpose(1, 2))  # (B, N, C)
+        return tokens.transpose(1, 2).unflatten(2, x.shape[-2:])  # (B, C, H, W), channels-last
     return torch.bmm(attention, keys_flat).view_as(x)  # (B, C, H, W)
 
 
