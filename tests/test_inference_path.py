@@ -186,13 +186,20 @@ def test_channels_last_is_the_backbones_and_the_heads_only_when_asked(heads: boo
                       if isinstance(conv, nn.Conv2d) and conv.kernel_size != (1, 1)}
                for part in ("backbone", "decoder", "aux_heads")}
     assert layouts == {"backbone": {True}, "decoder": {heads}, "aux_heads": {heads}}
-    seen = {}
-    hook = prepared.model.decoder.register_forward_pre_hook(lambda module, args: seen.update(args[0]))
+    given = []
+    hook = prepared.model.decoder.register_forward_pre_hook(lambda module, args: given.append(args[0]))
     with torch.no_grad():
         prepared(image)
     hook.remove()
-    assert set(seen) == {"layer1", "layer2", "layer3", "layer4"}
-    assert all(_channels_last(feature) == heads for feature in seen.values())
+    (features,) = given
+    assert set(features) == {"layer1", "layer2", "layer3", "layer4"}
+    if heads:
+        assert all(_channels_last(feature) for feature in features.values())
+    else:  # the decoder read layer4, made contiguous on reading; the stages nothing read were never copied
+        stored = features._features
+        assert not _channels_last(stored["layer4"]) and stored["layer4"].is_contiguous()
+        assert all(_channels_last(stored[stage]) for stage in ("layer1", "layer2", "layer3"))
+        assert all(not _channels_last(feature) for feature in features.values())  # what a reader gets
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -33,7 +33,7 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -186,11 +186,31 @@ def prepare_for_inference(
     return InferenceModel(model, options)
 
 
-def _contiguous_features(module: nn.Module, inputs: Any, features: dict[str, Tensor]) -> None:
-    """Forward hook of a channels-last backbone: its stage maps in place in the dict, as contiguous (NCHW) maps
-    for the decoder and heads, one at a time (each channels-last map is freed as its copy replaces it)."""
-    for stage, feature in features.items():
-        features[stage] = feature.contiguous()
+def _contiguous_features(module: nn.Module, inputs: Any, features: dict[str, Tensor]) -> Mapping[str, Tensor]:
+    """Forward hook of a channels-last backbone: its stage maps, each made contiguous (NCHW) for the decoder and
+    heads when first read (:class:`_ContiguousOnRead`)."""
+    return _ContiguousOnRead(features)
+
+
+class _ContiguousOnRead(Mapping[str, Tensor]):
+    """A backbone's stage maps, each copied to a contiguous (NCHW) map when it is first read, in place of the
+    channels-last one, which is freed: a stage nothing reads (layer1 for most decoders, layer3 without the
+    auxiliary head) is never copied."""
+
+    def __init__(self, features: dict[str, Tensor]) -> None:
+        self._features = features
+
+    def __getitem__(self, stage: str) -> Tensor:
+        feature = self._features[stage]
+        if not feature.is_contiguous():
+            feature = self._features[stage] = feature.contiguous()
+        return feature
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
