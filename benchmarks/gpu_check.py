@@ -513,6 +513,10 @@ def mmseg_python(check: Check) -> Path:
     return (venv if venv.is_absolute() else ROOT / venv) / "bin" / "python"
 
 
+VS_MMSEG_ARGS = "--networks ann nl --depths 50 --levers as_built exact bf16 --repeats 10 --timeout 150"
+"""What the vs-mmseg step measures by default: 12 processes, each a model build and a few GPU passes."""
+
+
 def step_vs_mmseg(check: Check) -> Result:
     script = ROOT / "benchmarks" / "vs_mmseg.py"
     if not script.exists():
@@ -655,7 +659,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="training runs at once (default: up to 6 on a GPU machine, 1 on the CPU)")
     parser.add_argument("--mmseg-venv", default=".venv-mmseg",
                         help="the mmsegmentation venv of benchmarks/vs_mmseg.py (default %(default)s)")
-    parser.add_argument("--vs-mmseg-args", default="", help="extra arguments for benchmarks/vs_mmseg.py, one string")
+    parser.add_argument("--vs-mmseg-args", default=VS_MMSEG_ARGS,
+                        help="arguments for benchmarks/vs_mmseg.py after --device cuda, one string (default: "
+                             "%(default)r, a table that fits the step's budget)")
     return parser.parse_args(argv)
 
 

@@ -2,6 +2,8 @@
 # Create the separate virtual environment that benchmarks/vs_mmseg.py runs mmsegmentation in.
 #
 #   bash benchmarks/mmseg_env.sh [DIR]        (DIR defaults to .venv-mmseg, ignored by git)
+#   TORCH_SPEC=torch==2.13.0 bash benchmarks/mmseg_env.sh    (on a CUDA machine: PyPI's CUDA build, for
+#                                                             vs_mmseg.py --device cuda)
 #
 # mmsegmentation is a benchmark-time dependency only: nlseg, its tests and its own venv never import it.
 # What goes in, and why:
@@ -23,7 +25,7 @@ PYTHON="${PYTHON:-python3}"
 test -x "$DIR/bin/python" || "$PYTHON" -m venv "$DIR"
 PIP=("$DIR/bin/python" -m pip install --quiet)
 
-"$DIR/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "torch==2.13.0+cpu"
+"$DIR/bin/python" -c "import torch" 2>/dev/null || "${PIP[@]}" "${TORCH_SPEC:-torch==2.13.0+cpu}"
 "${PIP[@]}" "mmengine==0.10.7" "mmcv-lite==2.2.0" "mmsegmentation==1.2.2" ftfy regex
 
 SITE="$("$DIR/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

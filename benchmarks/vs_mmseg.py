@@ -177,6 +177,7 @@ class Job:
     repeats: int
     threads: int
     profile: bool = False
+    device: str = "cpu"
 
 
 @dataclass
@@ -231,7 +232,8 @@ def _nlseg_infer(job: Job, x):
 
     from nlseg.models import create_model
 
-    model = create_model(NETWORKS[job.network].nlseg.format(depth=job.depth), num_classes=NUM_CLASSES).eval()
+    model = create_model(NETWORKS[job.network].nlseg.format(depth=job.depth), num_classes=NUM_CLASSES)
+    model = model.to(x.device).eval()
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux_heads."))
     options = INFER_LEVERS[job.lever]
     if options is not None:
@@ -253,7 +255,8 @@ def _nlseg_train(job: Job, x, y):
 
     from nlseg.models import create_model
 
-    model = create_model(NETWORKS[job.network].nlseg.format(depth=job.depth), num_classes=NUM_CLASSES).train()
+    model = create_model(NETWORKS[job.network].nlseg.format(depth=job.depth), num_classes=NUM_CLASSES)
+    model = model.to(x.device).train()
     params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux_heads."))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     if job.lever == "channels_last":
@@ -306,7 +309,7 @@ def _mmseg_infer(job: Job, x):
     import torch
 
     model, params = _mmseg_model(job)
-    model.eval()
+    model.to(x.device).eval()
     shape = tuple(x.shape[-2:])
     metas = [dict(img_shape=shape, ori_shape=shape, pad_shape=shape, padding_size=[0, 0, 0, 0])] * x.shape[0]
 
@@ -323,7 +326,7 @@ def _mmseg_train(job: Job, x, y):
     from mmseg.structures import SegDataSample
 
     model, params = _mmseg_model(job)
-    model.train()
+    model.to(x.device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     shape = tuple(x.shape[-2:])
     samples = []
@@ -341,6 +344,18 @@ def _mmseg_train(job: Job, x, y):
         return loss
 
     return step, params
+
+
+def _synchronized(step: Callable[[], object], device) -> Callable[[], object]:
+    """``step`` followed by waiting for the GPU, so that a timed pass includes its kernels."""
+    import torch
+
+    def run():
+        result = step()
+        torch.cuda.synchronize(device)
+        return result
+
+    return run
 
 
 def _count_flops(side: str, step: Callable[[], object]) -> float:
@@ -363,14 +378,18 @@ def run_job(job: Job) -> Result:
 
     torch.set_num_threads(job.threads)
     torch.manual_seed(0)
-    x = torch.randn(job.batch, 3, *job.size)
+    device = torch.device(job.device)
+    x = torch.randn(job.batch, 3, *job.size).to(device)
     if job.task == "infer":
         build = _mmseg_infer if job.side == MMSEG else _nlseg_infer
         step, params = build(job, x)
     else:
-        y = torch.randint(0, NUM_CLASSES, (job.batch, *job.size))
+        y = torch.randint(0, NUM_CLASSES, (job.batch, *job.size)).to(device)
         build = _mmseg_train if job.side == MMSEG else _nlseg_train
         step, params = build(job, x, y)
+    cuda = device.type == "cuda"
+    if cuda:  # a timed pass ends when the GPU has finished it
+        step = _synchronized(step, device)
 
     gflops = None
     if job.lever not in ("compile", "exact_compile", "bf16"):
@@ -378,21 +397,30 @@ def run_job(job: Job) -> Result:
     else:
         step()
 
-    baseline = _reset_peak_rss()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    else:
+        baseline = _reset_peak_rss()
     times = []
     for _ in range(job.repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    peak_mib = (_status_kib("VmHWM") - baseline) / 1024
+    if cuda:
+        peak_mib = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
+    else:
+        peak_mib = (_status_kib("VmHWM") - baseline) / 1024
 
     profile = None
     if job.profile:
         from torch.profiler import ProfilerActivity, profile as torch_profile
 
-        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+        with torch_profile(activities=activities) as prof:
             step()
-        profile = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        profile = prof.key_averages().table(sort_by=sort, row_limit=15)
     return Result(times, peak_mib, params / 1e6, gflops, profile)
 
 
@@ -448,6 +476,7 @@ def run_table(
     threads: int,
     profile: bool,
     mmseg_python: Path,
+    device: str = "cpu",
     timeout: float,
     log: Callable[[str], None],
 ) -> list[Row]:
@@ -474,6 +503,7 @@ def run_table(
                             repeats=repeats,
                             threads=threads,
                             profile=profile and column in (MMSEG, EXACT, "as_built"),
+                            device=device,
                         )
                         try:
                             result = measure(job, mmseg_python, timeout)
@@ -508,7 +538,7 @@ def best_nlseg(row: Row) -> tuple[str, Result] | None:
     return None
 
 
-def format_table(rows: Sequence[Row]) -> str:
+def format_table(rows: Sequence[Row], device: str = "cpu") -> str:
     """The Markdown tables (one per task), the like-for-like notes and any failures."""
     out = []
     for task, title in (("infer", "Inference"), ("train", "Train step")):
@@ -549,8 +579,10 @@ def format_table(rows: Sequence[Row]) -> str:
     out.append("")
     out.append(
         "mmseg / nlseg: mmseg's median time over nlseg's (the `exact` column where measured, else as built); "
-        "> 1 means nlseg is faster. Peak MiB: resident memory the pass adds above the process with its model "
-        "loaded; params without auxiliary heads; GFLOPs of the counted pass (2 per multiply-add): inference's "
+        "> 1 means nlseg is faster. Peak MiB: "
+        + ("CUDA memory allocated during the pass above what the model and its state hold" if device == "cuda"
+           else "resident memory the pass adds above the process with its model loaded")
+        + "; params without auxiliary heads; GFLOPs of the counted pass (2 per multiply-add): inference's "
         "forward; the train step's forward and backward, auxiliary heads included."
     )
     for row in rows:
@@ -595,6 +627,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per process (median; default 3)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="processes per column, alternating order each round (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where both libraries run (cuda: the first GPU; times wait for the GPU; peak memory "
+                             "is CUDA memory allocated; the mmseg venv needs a CUDA torch, see mmseg_env.sh)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process (2)")
     parser.add_argument("--infer-size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"),
                         help="inference input size (512 1024)")
@@ -621,6 +656,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _device_name(device: str, threads: int) -> str:
+    """What the table ran on, for its title: the CPU threads, or the GPU's name."""
+    if device == "cpu":
+        return f"the CPU, {threads} threads"
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} (cuda)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -632,20 +682,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vs_mmseg: error: no mmseg venv at {args.mmseg_python}; create it with "
               "`bash benchmarks/mmseg_env.sh`, or pass --mmseg-python or --nlseg-only", file=sys.stderr)
         return 2
+    if args.device == "cuda" and not _cuda_available():
+        print("vs_mmseg: error: --device cuda, but this Python's torch sees no CUDA device", file=sys.stderr)
+        return 2
     rows = run_table(
         args.networks, args.depths, args.tasks, args.levers,
         with_mmseg=not args.nlseg_only,
         infer_size=tuple(args.infer_size), train_size=tuple(args.train_size), train_batch=args.train_batch,
         repeats=args.repeats, rounds=args.rounds, threads=args.threads, profile=args.profile,
-        mmseg_python=args.mmseg_python, timeout=args.timeout,
+        mmseg_python=args.mmseg_python, timeout=args.timeout, device=args.device,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(
-        f"nlseg vs mmsegmentation: {args.threads} threads, median of {args.repeats} x {args.rounds}, inference "
+        f"nlseg vs mmsegmentation on {_device_name(args.device, args.threads)}, median of {args.repeats} x {args.rounds}, inference "
         f"{args.infer_size[0]}x{args.infer_size[1]} batch 1, train step {args.train_size[0]}x{args.train_size[1]} "
         f"batch {args.train_batch}; † = architectures differ (see Rows)\n"
     )
-    print(format_table(rows))
+    print(format_table(rows, args.device))
     if args.json is not None:
         args.json.write_text(json.dumps(rows_to_json(rows), indent=1) + "\n")
     return 0

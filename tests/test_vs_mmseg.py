@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nlseg.analysis.measure import count_flops
@@ -112,3 +113,17 @@ def test_nlseg_only_run_measures_in_a_subprocess_and_writes_json(tmp_path, capsy
     assert abs(result["params_m"] - params) < 1e-9
     assert abs(result["gflops"] - count_flops(lambda: model(x)) / 1e9) < 1e-9
     assert "| ANN R-50 | " in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA runs the GPU table")
+def test_device_cuda_without_a_gpu_is_one_error_line(capsys):
+    assert vs.main(["--nlseg-only", "--device", "cuda", "--quick"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda" in err[0] and "no CUDA device" in err[0]
+
+
+def test_table_says_what_peak_memory_is_on_each_device():
+    row = vs.Row("ann", 50, "infer", {"exact": vs.Result([1.0], 10.0, 1.0, 2.0), "mmseg": vs.Result([2.0], 20.0, 1.0, 2.0)})
+    assert "resident memory" in vs.format_table([row]) and "CUDA" not in vs.format_table([row])
+    assert "CUDA memory allocated" in vs.format_table([row], "cuda")
+    assert "| ANN R-50 | 1.00 s | 2.00 s | **2.00×** (exact) | 10 / 20 |" in vs.format_table([row], "cuda")
