@@ -38,6 +38,12 @@ What is measured, identically on both sides:
   heads included) counted by PyTorch's ``FlopCounterMode`` (nlseg's side by
   ``nlseg.analysis.measure.count_flops``, which adds the in-place products nlseg's ops use), 2 per
   multiply-add; parameters without the auxiliary heads.
+- ``--keep-heap``: both sides run with glibc's malloc told to keep freed memory (:data:`KEEP_HEAP`). By default
+  each tensor over 32 MiB is a fresh ``mmap``, page-faulted and zeroed by the kernel on every pass (about 1 GiB
+  a pass at 512 x 1024), which costs both libraries time, mmseg more (it allocates more per pass).
+- ``--device cuda``: both sides on the first GPU (the mmseg venv with a CUDA torch: ``TORCH_SPEC=torch==2.13.0
+  bash benchmarks/mmseg_env.sh``); each timed pass ends with ``torch.cuda.synchronize``, and peak memory is the
+  CUDA memory allocated during the timed passes above what was allocated before them.
 
 Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
 ``channels_last`` (the backbone's; the decoder and heads take contiguous maps), ``bf16``, ``compile`` with
@@ -435,9 +441,16 @@ def plan_columns(task: str, levers: Sequence[str], with_mmseg: bool) -> list[str
     return head + nlseg[1:]
 
 
-def worker_command(job: Job, mmseg_python: Path) -> tuple[list[str], dict[str, str]]:
+KEEP_HEAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+"""glibc malloc tunables (read at process start) that keep freed memory in the heap for the next allocation:
+no ``mmap``/``munmap`` per large tensor, so no page faults re-zeroing it on each pass (``--keep-heap``)."""
+
+
+def worker_command(job: Job, mmseg_python: Path, keep_heap: bool = False) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that measure ``job`` in a fresh process."""
     env = dict(os.environ, OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
+    if keep_heap:
+        env.update(KEEP_HEAP)
     if job.side == MMSEG:
         python = str(mmseg_python)
         env.pop("PYTHONPATH", None)  # mmseg's process sees its own venv only
@@ -448,9 +461,9 @@ def worker_command(job: Job, mmseg_python: Path) -> tuple[list[str], dict[str, s
     return [python, str(Path(__file__).resolve()), "--worker", payload], env
 
 
-def measure(job: Job, mmseg_python: Path, timeout: float) -> Result:
+def measure(job: Job, mmseg_python: Path, timeout: float, keep_heap: bool = False) -> Result:
     """Run ``job`` in its own process; its Result, or RuntimeError with the process's last error line."""
-    command, env = worker_command(job, mmseg_python)
+    command, env = worker_command(job, mmseg_python, keep_heap)
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
@@ -477,6 +490,7 @@ def run_table(
     profile: bool,
     mmseg_python: Path,
     device: str = "cpu",
+    keep_heap: bool = False,
     timeout: float,
     log: Callable[[str], None],
 ) -> list[Row]:
@@ -506,7 +520,7 @@ def run_table(
                             device=device,
                         )
                         try:
-                            result = measure(job, mmseg_python, timeout)
+                            result = measure(job, mmseg_python, timeout, keep_heap)
                         except RuntimeError as exc:
                             row.errors[column] = str(exc)
                             log(f"{network} R-{depth} {task} {column}: FAILED {exc}")
@@ -630,6 +644,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where both libraries run (cuda: the first GPU; times wait for the GPU; peak memory "
                              "is CUDA memory allocated; the mmseg venv needs a CUDA torch, see mmseg_env.sh)")
+    parser.add_argument("--keep-heap", action="store_true",
+                        help="run both sides with glibc's malloc keeping freed memory (MALLOC_MMAP_MAX_=0, "
+                             "MALLOC_TRIM_THRESHOLD_=2^31-1): no page faults per large tensor")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process (2)")
     parser.add_argument("--infer-size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"),
                         help="inference input size (512 1024)")
@@ -690,13 +707,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with_mmseg=not args.nlseg_only,
         infer_size=tuple(args.infer_size), train_size=tuple(args.train_size), train_batch=args.train_batch,
         repeats=args.repeats, rounds=args.rounds, threads=args.threads, profile=args.profile,
-        mmseg_python=args.mmseg_python, timeout=args.timeout, device=args.device,
+        mmseg_python=args.mmseg_python, timeout=args.timeout, device=args.device, keep_heap=args.keep_heap,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
+    heap = ", glibc malloc keeping freed memory (--keep-heap)" if args.keep_heap else ""
     print(
-        f"nlseg vs mmsegmentation on {_device_name(args.device, args.threads)}, median of {args.repeats} x {args.rounds}, inference "
-        f"{args.infer_size[0]}x{args.infer_size[1]} batch 1, train step {args.train_size[0]}x{args.train_size[1]} "
-        f"batch {args.train_batch}; † = architectures differ (see Rows)\n"
+        f"nlseg vs mmsegmentation on {_device_name(args.device, args.threads)}{heap}, median of {args.repeats} x "
+        f"{args.rounds}, inference {args.infer_size[0]}x{args.infer_size[1]} batch 1, train step "
+        f"{args.train_size[0]}x{args.train_size[1]} batch {args.train_batch}; † = architectures differ (see Rows)\n"
     )
     print(format_table(rows, args.device))
     if args.json is not None:

@@ -127,3 +127,16 @@ def test_table_says_what_peak_memory_is_on_each_device():
     assert "resident memory" in vs.format_table([row]) and "CUDA" not in vs.format_table([row])
     assert "CUDA memory allocated" in vs.format_table([row], "cuda")
     assert "| ANN R-50 | 1.00 s | 2.00 s | **2.00×** (exact) | 10 / 20 |" in vs.format_table([row], "cuda")
+
+
+def test_keep_heap_sets_glibcs_tunables_for_both_sides(monkeypatch, tmp_path):
+    for name in vs.KEEP_HEAP:
+        monkeypatch.delenv(name, raising=False)
+    for side in ("nlseg", vs.MMSEG):
+        job = vs.Job(side, "ann", 50, "infer", "exact", (32, 32), 1, 1, 2)
+        _, plain = vs.worker_command(job, tmp_path / "python")
+        _, kept = vs.worker_command(job, tmp_path / "python", keep_heap=True)
+        assert not set(vs.KEEP_HEAP) & set(plain)
+        assert {name: kept[name] for name in vs.KEEP_HEAP} == {"MALLOC_MMAP_MAX_": "0",
+                                                               "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+        assert kept["OMP_NUM_THREADS"] == plain["OMP_NUM_THREADS"] == "2"
