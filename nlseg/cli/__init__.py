@@ -19,6 +19,11 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "export", "bench", "viz", "demo", "list", "convert")
 """Command names; ``nlseg.cli.<name>`` (``list`` lives in ``nlseg.cli.list_``) holds each."""
 
+KEEP_HEAP_COMMANDS = frozenset({"train", "eval", "predict", "viz", "demo"})
+"""Commands that run models pass after pass in their own process: glibc keeps freed memory for them
+(:func:`nlseg.engine.runtime.keep_freed_memory`; ``NLSEG_KEEP_HEAP=0`` turns it off). ``bench`` measures with
+the allocator as it is."""
+
 
 def _module(command: str):
     return importlib.import_module(f"nlseg.cli.{command}_" if command == "list" else f"nlseg.cli.{command}")
@@ -58,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nlseg`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
+    if args.command in KEEP_HEAP_COMMANDS:
+        from nlseg.engine.runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         status = _module(args.command).run(args)
     except BaseException as err:  # noqa: BLE001 - user errors become one line; bugs keep their traceback

@@ -1,0 +1,67 @@
+"""glibc keeping freed memory for the CLI's compute commands: the second large allocation of a process then
+takes no page faults, and nothing changes with NLSEG_KEEP_HEAP=0 or for commands that only measure or list."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nlseg.cli as cli
+from nlseg.engine import runtime
+
+GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+
+# Fill a 64 MiB tensor twice, freeing it in between; print the page faults of the second fill.
+PROBE = """
+import json, resource, sys, torch
+from nlseg.engine.runtime import keep_freed_memory
+applied = keep_freed_memory()
+torch.ones(16 * 2**20).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(16 * 2**20).sum()
+print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def _probe(keep: str) -> dict:
+    env = dict(os.environ, NLSEG_KEEP_HEAP=keep)
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+def test_a_freed_large_tensor_is_reused_without_page_faults():
+    kept, default = _probe("1"), _probe("0")
+    assert kept["applied"] and not default["applied"]
+    pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    assert default["faults"] >= pages // 2  # mapped afresh: every page faulted in again
+    assert kept["faults"] < pages // 20  # the heap's pages, still resident
+
+
+@pytest.mark.parametrize(("argv", "kept"), [
+    (["predict", "r.yaml", "--checkpoint", "c.pt", "--input", "in", "--output", "out"], True),
+    (["bench", "blocks"], False),
+    (["list", "models"], False),
+])
+def test_compute_commands_keep_freed_memory(monkeypatch, argv: list[str], kept: bool):
+    calls, ran = [], []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append(argv[0]) or True)
+    real_module = cli._module
+    monkeypatch.setattr(cli, "_module", lambda name: _Stub(real_module(name), ran))
+    assert cli.main(argv) == 0
+    assert ran == [argv[0]] and calls == ([argv[0]] if kept else [])
+    assert cli.KEEP_HEAP_COMMANDS <= set(cli.COMMANDS)
+
+
+class _Stub:
+    """A command module whose parser is the real one and whose run only records the command."""
+
+    def __init__(self, module, ran: list[str]) -> None:
+        self.add_parser, self._ran = module.add_parser, ran
+
+    def run(self, args) -> int:
+        self._ran.append(args.command)
+        return 0
