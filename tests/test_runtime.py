@@ -14,15 +14,18 @@ from nlseg.engine import runtime
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
 
-# Fill a 64 MiB tensor twice, freeing it in between; print the page faults of the second fill.
+# Fill a 64 MiB tensor, free it, and fill one 3 times more; print the page faults of each later fill.
 PROBE = """
 import json, resource, sys, torch
 from nlseg.engine.runtime import keep_freed_memory
 applied = keep_freed_memory()
 torch.ones(16 * 2**20).sum()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(16 * 2**20).sum()
-print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 * 2**20).sum()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
@@ -37,8 +40,8 @@ def test_a_freed_large_tensor_is_reused_without_page_faults():
     kept, default = _probe("1"), _probe("0")
     assert kept["applied"] and not default["applied"]
     pages = 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
-    assert default["faults"] >= pages // 2  # mapped afresh: every page faulted in again
-    assert kept["faults"] < pages // 20  # the heap's pages, still resident
+    assert min(default["faults"]) >= pages // 2  # mapped afresh each time: every page faulted in again
+    assert min(kept["faults"]) < pages // 20  # the heap's pages, still resident
 
 
 @pytest.mark.parametrize(("argv", "kept"), [
