@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nlseg-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-all demo bench clean
 
 # Create the virtual environment and install nlseg into it. torch is pinned to the CPU build
 # that lies on disk (2.13.0) when no torch is present, so an unpinned CUDA download never happens.
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# test: every module and every user command at least once, in minutes; test-all: everything (long journeys,
+# kill tests, every recipe, every model and family).
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)

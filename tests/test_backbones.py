@@ -26,6 +26,8 @@ from nlseg.backbones import (
     resnet101,
 )
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 WIDTH = 8  # base width of the tiny networks used wherever the real width does not matter
 LAYOUTS = {"resnet18": ((2, 2, 2, 2), False), "resnet50": ((3, 4, 6, 3), True), "resnet101": ((3, 4, 23, 3), True)}
 

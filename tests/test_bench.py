@@ -199,6 +199,7 @@ def test_bench_models_records():
     assert r["paper_s"] is None
 
 
+@pytest.mark.slow
 def test_bench_models_paper_figures_come_from_the_zoo(monkeypatch):
     """At ANN's input size the record carries ann_r101's Table 2 figures, read from the model table."""
     import nlseg.analysis.tables.ann_table2 as table2

@@ -31,6 +31,8 @@ from nlseg.ops import (
     pyramid_sample,
 )
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 C, K, SIZE = 16, 4, (7, 9)
 F64 = torch.float64
 

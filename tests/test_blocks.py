@@ -28,6 +28,8 @@ from nlseg.blocks import (
 from nlseg.blocks.layers import to_map, to_tokens
 from nlseg.ops import criss_cross_attention_reference, nonlocal_attention_reference, pyramid_sample_reference
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 CHANNELS, LOW_CHANNELS, NUM_CLASSES = 32, 16, 5
 SIZE = (13, 29)
 

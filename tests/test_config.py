@@ -5,6 +5,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiered
+
 import nlseg.config as config_module
 from nlseg.config import CHECKS, Config, ConfigError, field_rules, list_recipes, load_config
 from nlseg.models import create_model, list_models, model_options
@@ -77,6 +79,9 @@ def test_round_trip_through_dict(recipe):
 
 
 RECIPES = list_recipes()
+FAST_RECIPES = ["demo", "ann_r101_cityscapes", "denoised_nl_r101_cityscapes", "danet_head_r50_cityscapes", "custom_folder",
+                "ann_r101_ade20k", "denoised_nl_r101_ade20k", "ann_r101_pascal_context", "ann_r101_coco_stuff10k", "ann_r101_nyudv2"]
+"""One recipe of each kind (each data set, both papers, the heads, your own folder) for ``make test``."""
 
 
 def test_the_paper_rows_are_there():
@@ -93,7 +98,7 @@ def test_the_paper_rows_are_there():
     assert required <= set(RECIPES), sorted(required - set(RECIPES))
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", tiered(RECIPES, fast=FAST_RECIPES))
 def test_every_recipe_is_valid(name):
     cfg = load_config(name)
     assert cfg.name == name and cfg.paper, "a recipe says which paper row it reproduces"
@@ -308,7 +313,7 @@ def test_every_key_has_a_rule_and_every_check_names_known_keys():
         assert set(check.keys) <= set(rules), check
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", tiered(RECIPES, fast=FAST_RECIPES))
 def test_every_recipe_loads_to_train_and_to_evaluate(name, tmp_path):
     for purpose in ("eval", "train"):
         cfg = load_config(name, [f"data.root={tmp_path}"], purpose=purpose)

@@ -17,6 +17,8 @@ from nlseg.cli import main
 from nlseg.cli.convert import FORMATS as CLI_FORMATS
 from nlseg.engine.convert import FORMATS
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 # Narrow versions of the recipes' networks (same key names, every shape smaller), set with --set.
 ANN_NARROW = ["model.options.backbone_width=8", "model.options.head_channels=16", "model.options.key_channels=4",
               "model.options.value_channels=4"]

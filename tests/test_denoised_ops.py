@@ -18,6 +18,8 @@ from nlseg.ops import (
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 
 def literal_denoised(q, k, v, p, kernel_size, rectify, retain):
     """Song et al. §III transcribed index by index (DESIGN.md), independent of unfold/fold."""

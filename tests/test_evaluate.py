@@ -148,6 +148,7 @@ def _eval_rank(rank: int, init: str, root: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_shards_and_reduces(tmp_path: Path):
     rng = np.random.default_rng(1)
     frames = {

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import tiered
 from test_golden import fill_weights
 from torch import Tensor, nn
 
@@ -97,7 +98,7 @@ def _check(path, names: list[str], models: list[Segmentor], shapes: list[tuple[i
             assert diff <= TOLERANCE * scale, f"{name} at {shape}: max |onnxruntime - eager| = {diff:.2e}"
 
 
-@pytest.mark.parametrize("group", list(GROUPS))
+@pytest.mark.parametrize("group", tiered(GROUPS, fast=["fcn", "heads_pooled"]))
 def test_onnxruntime_equals_eager_for_every_family(group: str, tmp_path):
     options, names = GROUPS[group]
     joint, models = _family_models(options, names)
@@ -110,6 +111,7 @@ def test_onnxruntime_equals_eager_for_every_family(group: str, tmp_path):
     _check(result.path, names, models, [(1, *SIZE), (2, *OTHER)] + ([(1, *s) for s in MORE] if pooled else []))
 
 
+@pytest.mark.slow
 def test_max_pyramid_pooling_is_exported_at_the_example_size_only(tmp_path):
     names = ["ann_r50"]
     joint, models = _family_models(SMALL, names)

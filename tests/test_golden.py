@@ -55,6 +55,9 @@ from nlseg.blocks import (
     RCCAModule,
 )
 from nlseg.models.base import Segmentor
+from conftest import deep_is_slow
+
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("NLSEG_REGENERATE_GOLDEN") == "1"
@@ -242,7 +245,7 @@ def _check(kind: str, name: str, build, inputs: tuple[torch.Tensor, ...]) -> Non
     _compare_float32(run(build(), inputs, torch.float32), exact, f"{kind} {name}")
 
 
-@pytest.mark.parametrize("name", nlseg.list_models())
+@pytest.mark.parametrize("name", deep_is_slow(nlseg.list_models()))
 def test_model_matches_golden_output(name: str) -> None:
     options = _small_options(name)
     _check("models", name, lambda: nlseg.create_model(name, num_classes=NUM_CLASSES, **options), (_input(MODEL_INPUT, 0),))

@@ -38,6 +38,7 @@ def summary_rows(report: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_cpu_mode_reports_every_step_runs_env_and_training_and_names_what_it_skipped(tmp_path):
     out = tmp_path / "report.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -17,6 +17,8 @@ from nlseg.blocks import NonLocal2d, PositionAttention
 from nlseg.models import create_model
 from nlseg.models.heads import HEADS
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 K = 19
 NAMES = [f"{head}_head_r50" for head in HEADS]
 

@@ -25,6 +25,8 @@ from PIL import Image
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from conftest import tiered
+
 from nlseg.cli import main
 from nlseg.config import load_config
 from nlseg.data import SyntheticContext
@@ -202,7 +204,7 @@ def test_channels_last_is_the_backbones_and_the_heads_only_when_asked(heads: boo
         assert all(not _channels_last(feature) for feature in features.values())  # what a reader gets
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", tiered(FAMILIES, fast=["ann_r50", "denoised_nl_r18"]))
 def test_compiled_model_equals_the_uncompiled_one(name: str, image: torch.Tensor):
     """Dynamo traces every family (the eager backend runs the traced graph as is: bit-identical)."""
     torch._dynamo.reset()
@@ -223,6 +225,7 @@ def test_inductor_compiles_a_small_model_within_the_tolerance(image: torch.Tenso
     assert relative_error(got, want) <= EXACT
 
 
+@pytest.mark.slow
 def test_fold_batchnorm_folds_every_norm_of_every_registered_model():
     for name in list_models():
         with torch.device("meta"):

@@ -49,7 +49,7 @@ def interrupt(recipe: Path, work: Path, signum: int, *, workers: int) -> tuple[i
 
 
 @pytest.mark.parametrize(
-    ("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
+    ("signum", "status"), [pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"]
 )
 def test_signal_saves_exits_with_one_line_and_resumes_exactly(tmp_path, straight, signum, status):
     workers = 2  # they get the signal too, and must leave it to the main process

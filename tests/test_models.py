@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from conftest import deep_is_slow
 
 from nlseg.analysis.measure import count_flops
 from nlseg.backbones import WeightsMismatchError, resnet50
@@ -102,7 +103,7 @@ def test_model_options_and_defaults_are_kept(name: str):
     assert model_options(name) == expected_options(name)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", deep_is_slow(list_models()))
 def test_model_outputs_gradients_modes_and_round_trip(name: str):
     model = build(name, norm_layer=TaggedNorm)
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]

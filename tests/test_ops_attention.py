@@ -22,6 +22,8 @@ from nlseg.ops import (
     pyramid_sample_reference,
 )
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 F64 = dict(dtype=torch.float64)
 TIGHT = dict(rtol=1e-7, atol=1e-9)
 

@@ -26,6 +26,16 @@ def test_quick_start_is_two_make_targets_that_exist():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_tiers_and_ci():
+    """make test leaves out what is marked slow, make test-all runs it, and CI runs both and the numeric
+    tests once more under other CPU kernels."""
+    makefile, ci = (ROOT / "Makefile").read_text(), (ROOT / ".ci" / "run").read_text()
+    assert re.search(r'^test:.*\n\t.*pytest -q -m "not slow"$', makefile, re.M)
+    assert re.search(r"^test-all:.*\n\t.*pytest -q$", makefile, re.M)
+    assert re.search(r"^time make test$", ci, re.M) and re.search(r"^time make test-all$", ci, re.M)
+    assert re.search(r"^time ONEDNN_MAX_CPU_ISA=SSE41 .*pytest -q -m numeric$", ci, re.M)
+
+
 # --- the files the examples name, created in an empty folder before a block runs ---------------------
 
 

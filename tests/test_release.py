@@ -10,6 +10,8 @@ from torch import nn
 from nlseg.blocks import create_block
 from nlseg.models import create_model
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 NUM_CLASSES = 5
 SMALL = dict(backbone_width=8, head_channels=16, key_channels=8)
 

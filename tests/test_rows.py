@@ -19,6 +19,8 @@ from nlseg.ops import (
     pyramid_sample,
 )
 
+pytestmark = pytest.mark.numeric  # run again under other CPU kernels by .ci/run
+
 F64 = dict(dtype=torch.float64)
 B, CK, CV, K, H, W = 2, 4, 3, 5, 5, 7
 

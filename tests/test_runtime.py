@@ -35,6 +35,7 @@ def _probe(keep: str) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
 def test_a_freed_large_tensor_is_reused_without_page_faults():
     kept, default = _probe("1"), _probe("0")

@@ -115,6 +115,7 @@ def counted_compiles(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_compiled_run_trains_saves_plain_keys_and_resumes_across_the_switches(tmp_path, counted_compiles, capsys):
     """The CLI journey: train with channels_last and compile, resume with them, resume without them."""
     recipe = write_recipe(tmp_path / "r.yaml", "fcn_r18", iters=30, lr=0.02, log_interval=1, evaluate=True)
@@ -138,6 +139,7 @@ def test_compiled_run_trains_saves_plain_keys_and_resumes_across_the_switches(tm
     assert "resumed from" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compiled_denoised_nl_matches_eager_steps(tmp_path, counted_compiles):
     """The Denoised NL op's custom autograd function inside a compiled network: 3 steps, the same weights as eager."""
     weights = {}

@@ -69,6 +69,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", iters=40, checkpoint_interval=3, log_interval=40)
     cfg = load_config(recipe)

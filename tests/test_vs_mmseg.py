@@ -94,6 +94,7 @@ def test_missing_mmseg_venv_is_one_error_line(tmp_path, capsys):
     assert len(err) == 1 and "mmseg_env.sh" in err[0] and str(tmp_path / "none") in err[0]
 
 
+@pytest.mark.slow
 def test_nlseg_only_run_measures_in_a_subprocess_and_writes_json(tmp_path, capsys):
     out = tmp_path / "vs.json"
     argv = ["--nlseg-only", "--networks", "ann", "--depths", "50", "--tasks", "infer", "--levers", "as_built",
