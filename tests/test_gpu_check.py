@@ -82,7 +82,7 @@ def test_a_failing_hanging_or_raising_step_is_reported_and_the_next_steps_still_
 
     def hang(check):  # a command that never ends is killed at the step's budget
         proc = check.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=30)
-        assert proc.rc is None and "[killed after" in proc.out
+        assert proc.rc is None and "[killed after 1 s]" in proc.out and proc.cut  # at the step budget (1.5 s), not 30 s
         return gpu_check.Result("failed", gpu_check.failure(proc, "sleep"))
 
     def crash(check):
@@ -103,10 +103,8 @@ def test_a_failing_hanging_or_raising_step_is_reported_and_the_next_steps_still_
         gpu_check.Step("fine", "works", fine_then_deadline, 30), gpu_check.Step("late", "never starts", bug, 30),
     ))
     out = tmp_path / "report.md"
-    start = time.monotonic()
     status = gpu_check.run_check(gpu_check.parse_args(["--out", str(out)]))
     assert status == 1
-    assert time.monotonic() - start < 30  # the hang was cut at its 1.5 s budget
     rows = summary_rows(out.read_text())
     assert [rows[name][1] for name in ("env", "hang", "crash", "bug", "fine", "late")] == [
         "passed", "failed", "failed", "failed", "passed", "skipped"]
