@@ -88,27 +88,6 @@ def test_parts_and_state_dict_layout(name: str):
     assert {key.split(".")[1] for key in keys if key.startswith("decoder.")} == DECODER_PARTS[ONE_PER_FAMILY[name]]
 
 
-@pytest.mark.parametrize("name", list(ONE_PER_FAMILY))
-def test_checkpoint_with_the_old_keys_loads_into_the_decoder(name: str):
-    """A state dict saved before the decoder was a module (``head.*``, ``fusion.*``, ``block.*`` at the top)."""
-    trained = build(name, seed=0)
-    legacy = {key.removeprefix("decoder."): value for key, value in trained.state_dict().items()}
-    assert not any(key.startswith("decoder.") for key in legacy)
-    restored = build(name, seed=1)
-    x = torch.randn(1, 3, 33, 35)
-    with torch.no_grad():
-        assert not torch.allclose(restored(x)["out"], trained(x)["out"])
-        restored.load_state_dict(legacy)  # strict: every key lands somewhere, none is left over
-        want, got = trained(x, with_aux=True), restored(x, with_aux=True)
-    for a, b in zip((want["out"], *want["aux"]), (got["out"], *got["aux"]), strict=True):
-        torch.testing.assert_close(b, a, rtol=0, atol=0)
-    for key, value in trained.state_dict().items():
-        torch.testing.assert_close(restored.state_dict()[key], value, rtol=0, atol=0)
-
-    wrapper = nn.Sequential(build(name, seed=2))  # the remapping also works below a prefix
-    wrapper.load_state_dict({f"0.{key}": value for key, value in legacy.items()})
-    with torch.no_grad():
-        torch.testing.assert_close(wrapper(x)["out"], want["out"], rtol=0, atol=0)
 
 
 @pytest.mark.slow

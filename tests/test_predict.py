@@ -14,7 +14,7 @@ from nlseg.cli import main
 from nlseg.config import EvalConfig, load_config
 from nlseg.data import Cityscapes
 from nlseg.engine.checkpoint import save_checkpoint
-from nlseg.engine.inference import Segmenter, predict_logits, predict_probs
+from nlseg.engine.inference import Segmenter
 from nlseg.engine.predict import estimate_peak_memory, plan_outputs
 
 TINY_MODEL = {"backbone_width": 8, "head_channels": 16}
@@ -240,10 +240,3 @@ def test_output_that_is_a_file_is_refused_before_the_model_is_read(tiny, tmp_pat
     _one_error_line(capsys, "--output", "taken", "is a file")
 
 
-def test_predict_logits_is_a_deprecated_name_of_predict_probs():
-    model = nlseg.create_model("fcn_r18", num_classes=3, **TINY_MODEL).eval()
-    x = torch.randn(1, 3, 16, 16)
-    with pytest.warns(DeprecationWarning, match="predict_probs"):
-        old = predict_logits(model, x, num_classes=3)
-    assert torch.equal(old, predict_probs(model, x, num_classes=3))
-    assert torch.allclose(old.sum(1), torch.ones(1, 16, 16))

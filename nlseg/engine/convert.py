@@ -168,9 +168,13 @@ DNL = Layout(
 LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (ANN_BACKBONE, ANN, DNL)}
 FORMATS: tuple[str, ...] = tuple(LAYOUTS)
 
+_SCALAR = np.float64(0).__reduce__()[0]
+"""The function numpy pickles a scalar with (``numpy.core.multiarray.scalar`` in numpy 1, ``numpy._core`` in 2),
+taken from numpy's public pickling protocol rather than its private modules."""
+
 _NUMPY_SCALARS = [
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    (np._core.multiarray.scalar, "numpy._core.multiarray.scalar"),
+    (_SCALAR, "numpy.core.multiarray.scalar"),
+    (_SCALAR, "numpy._core.multiarray.scalar"),
     np.dtype,
     *(type(np.dtype(name)) for name in ("float64", "float32", "float16", "int64", "int32", "bool")),
 ]

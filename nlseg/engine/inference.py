@@ -32,7 +32,6 @@ import dataclasses
 import inspect
 import math
 import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,6 @@ __all__ = [
     "Segmenter",
     "build_model_from_checkpoint",
     "dataset_palette",
-    "predict_logits",
     "predict_probs",
     "predict_with_config",
     "prepare_for_inference",
@@ -332,16 +330,6 @@ def predict_probs(
             total += _resize(logits, (h, w), align_corners).softmax(1)
             views += 1
     return total / views
-
-
-def predict_logits(*args: Any, **kwargs: Any) -> Tensor:
-    """Deprecated name of :func:`predict_probs` (it always returned probabilities, not logits)."""
-    warnings.warn(
-        "nlseg.engine.inference.predict_logits is renamed predict_probs (it returns probabilities)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return predict_probs(*args, **kwargs)
 
 
 def predict_with_config(

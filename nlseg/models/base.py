@@ -201,7 +201,6 @@ class Segmentor(nn.Module):
         self.backbone = backbone
         self.aux_heads = aux_heads if isinstance(aux_heads, nn.ModuleDict) else nn.ModuleDict(aux_heads)
         self.decoder = decoder
-        self.register_load_state_dict_pre_hook(_move_legacy_decoder_keys)
 
     def forward(self, x: Tensor, *, with_aux: bool | None = None) -> dict[str, Tensor | list[Tensor]]:
         """x (B, 3, H, W) -> {"out": (B, K, H, W), "aux": [(B, K, H, W) per auxiliary head]}.
@@ -225,12 +224,3 @@ class Segmentor(nn.Module):
         """Bilinear resize to ``size`` with the model's ``align_corners``."""
         return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
-
-def _move_legacy_decoder_keys(module: Segmentor, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Load-state-dict pre-hook: a key ``<prefix><part>.*`` whose ``<part>`` is a child of the decoder (a checkpoint
-    saved before the decoder was a module, e.g. ``head.0.0.weight``) becomes ``<prefix>decoder.<part>.*``."""
-    parts = {name for name, _ in module.decoder.named_children()}
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        part = key[len(prefix):].split(".", 1)[0]
-        if part in parts:
-            state_dict[f"{prefix}decoder.{key[len(prefix):]}"] = state_dict.pop(key)
