@@ -347,15 +347,20 @@ def _model_name(cfg: Config) -> str | None:
     return None
 
 
-@_check("model.options", rule="options of that model's builder (nlseg.models.model_options)", purposes=_TRAIN)
+@_check("model.options", rule="options of that model's builder (nlseg.models.model_options), of its types",
+        purposes=_TRAIN)
 def _model_option_names(cfg: Config) -> str | None:
     from nlseg.models import model_options
+    from nlseg.models.option_types import option_error
 
     known = list(model_options(cfg.model.name))
-    for key in cfg.model.options:
+    for key, value in cfg.model.options.items():
         if key not in known:
             return (f"model.options.{key} is not an option of {cfg.model.name}{_hint(key, known)}; "
                     f"its options: {', '.join(known)}")
+        error = option_error(cfg.model.name, key, value)
+        if error:
+            return error
     return None
 
 

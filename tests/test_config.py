@@ -162,6 +162,12 @@ BAD_VALUES = [
     ("model.name=fcn_r5", "model.name must be a registered model (nlseg list models), got 'fcn_r5' (did you mean"),
     ("model.options.rectify=true", "model.options.rectify is not an option of fcn_r18; its options: backbone,"),
     ("model.options.output_stride=7", "are not valid for fcn_r18: output_stride must be one of (8, 16, 32), got 7"),
+    ("model.options.align_corners=banana", "model.options.align_corners of fcn_r18 must be true or false, got 'banana'"),
+    ("model.options.backbone_width=1.5", "model.options.backbone_width of fcn_r18 must be an integer, got 1.5"),
+    ("model.options.backbone_width=true", "model.options.backbone_width of fcn_r18 must be an integer, got True"),
+    ("model.options.multi_grid=[1, x]", "model.options.multi_grid of fcn_r18 must be a list of integers or null, got [1, 'x']"),
+    ("model.options.dropout=.inf", "model.options.dropout of fcn_r18 must be a finite number, got inf"),
+    ("model.options.stem=3", "model.options.stem of fcn_r18 must be a string, got 3"),
     ("loss.aux_weights=[1, 1]", "loss.aux_weights must hold 1 weight(s), one per auxiliary head of fcn_r18, got [1.0, 1.0]"),
     ("data.dataset=citiscapes", "data.dataset: unknown data set 'citiscapes'"),
     ("data.options.sizee=[48, 64]", "data.options.sizee is not an option of the synthetic data set (did you mean 'size'?)"),
@@ -334,3 +340,31 @@ def test_a_bad_value_through_the_cli_is_one_line_before_any_work(tmp_path, capsy
     assert status == 2
     assert err == "nlseg train: error: --set: eval.mode must be one of whole, slide, got 'slid' (did you mean 'slide'?)\n"
     assert not (tmp_path / "w" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_option_default_fits_its_declared_type(name):
+    """The types that recipe values are checked against are those the builders declare: every default fits."""
+    from nlseg.models.option_types import option_error, option_types
+
+    types_ = option_types(name)
+    assert set(types_) == set(model_options(name))
+    for key, default in model_options(name).items():
+        assert option_error(name, key, default) is None, (name, key, default)
+
+
+def test_option_types_accept_what_yaml_gives_and_refuse_the_rest():
+    from collections.abc import Sequence
+    from typing import Literal
+
+    from torch import nn
+
+    from nlseg.models.option_types import matches
+
+    assert matches([1, 2, 4], tuple[int, ...]) and matches(None, tuple[int, ...] | None)
+    assert not matches([1, 2.5], tuple[int, ...]) and not matches("124", tuple[int, ...])
+    assert matches(3, float) and not matches(float("nan"), float) and not matches(True, float)
+    assert matches(["layer2", "layer3"], Sequence[str]) and not matches("layer3", Sequence[str])
+    assert matches(nn.BatchNorm2d, type[nn.Module]) and not matches("bn", type[nn.Module]) and not matches(int, type[nn.Module])
+    assert matches("a", Literal["a", "b"]) and not matches("c", Literal["a", "b"])
+    assert matches(1, int) and not matches(True, int) and matches(False, bool) and not matches(0, bool)
