@@ -39,14 +39,15 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nlseg.config import load_config
-    from nlseg.engine.inference import Segmenter, build_model_from_checkpoint, resolve_inference_device
+    from nlseg.engine.device import resolve_device
+    from nlseg.engine.inference import Segmenter, build_model_from_checkpoint
     from nlseg.engine.predict import collect_images, plan_outputs, predict_paths
 
     cfg = load_config(args.recipe, args.overrides)
     inputs, passed_over = collect_images(args.input)
     plan_outputs(inputs, args.output)  # an output that would replace an input stops here, before any work
     output = check_output_dir(args.output, "--output")
-    device = resolve_inference_device(args.device)
+    device = resolve_device(args.device)
     model, state = build_model_from_checkpoint(args.checkpoint, cfg, device)
     segmenter = Segmenter.from_state(model, state, dataset=cfg.data.dataset, eval_cfg=cfg.eval, device=device)
     if passed_over:

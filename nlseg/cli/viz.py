@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
 
 
 def _device(name: str):
-    from nlseg.engine.distributed import resolve_device
+    from nlseg.engine.device import resolve_device
 
     return resolve_device(name)
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "close_distributed", "init_distributed", "resolve_device"]
+from nlseg.engine.device import resolve_device
+
+__all__ = ["DistInfo", "close_distributed", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +29,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> the process's GPU when CUDA is present, else the CPU; ``cuda`` -> ``cuda:<local rank>``."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("train.device is 'cuda' but no CUDA device is available; use cpu or auto")
-        name = f"cuda:{local_rank}"
-    return torch.device(name)
 
 
 def init_distributed(device_name: str = "auto") -> tuple[DistInfo, torch.device]:

@@ -35,12 +35,12 @@ from nlseg.data.ade20k import ADE20K
 from nlseg.data.base import DatasetError
 from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.checkpoint import check_compatible
+from nlseg.engine.device import resolve_device
 from nlseg.engine.inference import (
     InferenceOptions,
     build_model_from_checkpoint,
     predict_with_config,
     prepare_for_inference,
-    resolve_inference_device,
     saved_normalize,
 )
 from nlseg.engine.metrics import ConfusionMatrix
@@ -249,7 +249,7 @@ def evaluate_checkpoint(
     from nlseg.data.build import build_dataset
 
     split = split or cfg.data.val_split
-    device = resolve_inference_device(device)
+    device = resolve_device(device)
     model, state = build_model_from_checkpoint(checkpoint, cfg, device)
     # The checkpoint's normalisation, which its model was trained with, wins over the recipe's.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, normalize=saved_normalize(state, cfg.data.normalize)))

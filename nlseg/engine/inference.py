@@ -43,11 +43,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from nlseg.config import Config, ConfigError, EvalConfig
+from nlseg.config import Config, EvalConfig
 from nlseg.data import dataset_class
 from nlseg.data.base import index_palette, read_image
 from nlseg.data.transforms import normalization
 from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
+from nlseg.engine.device import resolve_device
 from nlseg.models.fold import fold_batchnorm
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
     "predict_probs",
     "predict_with_config",
     "prepare_for_inference",
-    "resolve_inference_device",
     "saved_normalize",
 ]
 
@@ -371,29 +371,6 @@ def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]
     return palette if len(palette) == num_classes else index_palette(num_classes + 1)[1:]
 
 
-def resolve_inference_device(name: str | torch.device) -> torch.device:
-    """The device to run a trained model on: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda``, ``cuda:N``.
-
-    Raises:
-        ConfigError: a name torch does not know, or a CUDA device that is not there.
-    """
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device {name!r} is not a device name; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"device {name!r}: no CUDA device is available here; use cpu or auto")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"device {name!r}: there are only {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    return device
-
-
 def _check_checkpoint_path(path: Path) -> None:
     """A CheckpointError for a path that cannot be a checkpoint file, before torch tries to read it."""
     if path.is_dir():
@@ -462,7 +439,7 @@ def build_model_from_checkpoint(
             f"checkpoint {path}: its weights do not fit a {name!r} model with {classes} classes "
             f"({' '.join(line.strip() for line in first[:3])})"
         ) from None
-    return model.to(resolve_inference_device(device)).eval(), state
+    return model.to(resolve_device(device)).eval(), state
 
 
 def saved_normalize(state: dict[str, Any], default: str = "imagenet") -> str:
@@ -500,7 +477,7 @@ class Segmenter:
     ) -> None:
         if len(palette) != len(class_names):
             raise ValueError(f"{len(class_names)} class names but {len(palette)} palette colours")
-        self.device = resolve_inference_device(device)
+        self.device = resolve_device(device)
         self.eval_cfg = eval_cfg or EvalConfig()
         if isinstance(model, InferenceModel):
             self.model, self.options = model.to(self.device), model.options
