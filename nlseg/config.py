@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from nlseg.errors import ConfigError
+from nlseg.registry import Registry, UnknownName, did_you_mean
 
 __all__ = [
     "CHECKS",
@@ -331,18 +332,13 @@ def _check(*keys: str, rule: str, purposes: frozenset[str] = _ALL):
     return register
 
 
-def _hint(value: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 @_check("model.name", rule="a registered model (nlseg list models)", purposes=_TRAIN)
 def _model_name(cfg: Config) -> str | None:
     from nlseg.models import list_models
 
     known = list_models()
     if cfg.model.name not in known:
-        hint = _hint(cfg.model.name, known)
+        hint = did_you_mean(cfg.model.name, known)
         return f"model.name must be a registered model (nlseg list models), got {cfg.model.name!r}{hint}"
     return None
 
@@ -356,7 +352,7 @@ def _model_option_names(cfg: Config) -> str | None:
     known = list(model_options(cfg.model.name))
     for key, value in cfg.model.options.items():
         if key not in known:
-            return (f"model.options.{key} is not an option of {cfg.model.name}{_hint(key, known)}; "
+            return (f"model.options.{key} is not an option of {cfg.model.name}{did_you_mean(key, known)}; "
                     f"its options: {', '.join(known)}")
         error = option_error(cfg.model.name, key, value)
         if error:
@@ -431,7 +427,7 @@ def _dataset_options(cfg: Config) -> str | None:
         for key in getattr(cfg.data, section):
             if key not in params:
                 return (f"data.{section}.{key} is not an option of the {cfg.data.dataset} data set"
-                        f"{_hint(key, list(params))}; its options: {', '.join(params) or 'none'}")
+                        f"{did_you_mean(key, list(params))}; its options: {', '.join(params) or 'none'}")
     for name, p in params.items():
         if p.default is p.empty and name not in cfg.data.options:
             return f"data.options.{name} is required by the {cfg.data.dataset} data set and is not set"
@@ -590,9 +586,19 @@ def config_dirs() -> list[Path]:
     return dirs + [Path(__file__).resolve().parent / "configs"]
 
 
+def recipes() -> Registry[Path]:
+    """Every recipe file of :func:`config_dirs` by name; where two folders have a name, the first one's."""
+    found: Registry[Path] = Registry("recipe")
+    for folder in config_dirs():
+        for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else ():
+            if path.stem not in found:
+                found.register(path.stem, path)
+    return found
+
+
 def list_recipes() -> list[str]:
     """Names of the recipes found in :func:`config_dirs`."""
-    return sorted({p.stem for d in config_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    return recipes().names(sort=True)
 
 
 def _resolve(source: str | os.PathLike) -> Path:
@@ -601,17 +607,10 @@ def _resolve(source: str | os.PathLike) -> Path:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         return path
-    for folder in config_dirs():
-        candidate = folder / f"{source}.yaml"
-        if candidate.is_file():
-            return candidate
-    names = list_recipes()
-    close = difflib.get_close_matches(str(source), names, n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ConfigError(
-        f"no recipe named {str(source)!r} in {', '.join(map(str, config_dirs()))}{hint} "
-        f"(known recipes: {', '.join(names) or 'none'})"
-    )
+    try:
+        return recipes().lookup(str(source))
+    except UnknownName as err:
+        raise ConfigError(f"{err} (searched {', '.join(map(str, config_dirs()))})") from None
 
 
 @dataclass
@@ -661,7 +660,7 @@ def _choice(value: Any, choices: tuple[str, ...], key: str, where: str) -> str:
         raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {str(value).lower()} "
                           f"(YAML reads on/yes/true as a boolean; use {' or '.join(others)})")
     if value not in choices:
-        hint = _hint(str(value), choices)
+        hint = did_you_mean(str(value), choices)
         raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}{hint}")
     return value
 

@@ -378,7 +378,7 @@ def test_fusion_factory_maps_channels():
 
 
 def test_factory_errors():
-    with pytest.raises(ValueError, match=r"unknown block 'nonlocal'.*'apnb'"):
+    with pytest.raises(ValueError, match=r"unknown block 'nonlocal' \(did you mean 'nonlocal2d'\?\); registered blocks: .*apnb"):
         create_block("nonlocal", CHANNELS)
     with pytest.raises(TypeError, match=r"\['key_chanels'\].*key_channels"):
         create_block("apnb", CHANNELS, key_chanels=8)

@@ -69,7 +69,7 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(ConfigError, match="did you mean denoised_nl_r101_cityscapes"):
+    with pytest.raises(ConfigError, match="did you mean 'denoised_nl_r101_cityscapes'"):
         load_config("denoised_nl_r101_citiscapes")
 
 

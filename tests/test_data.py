@@ -379,7 +379,7 @@ def test_registry(ade_root: Path, context_root: Path):
     ]
     assert len(create_dataset("ade20k", ade_root, "val")) == 1
     assert create_dataset("pascal_context", context_root, "train", num_classes=59).num_classes == 59
-    with pytest.raises(ValueError, match="unknown data set 'ade'; available: ade20k, cityscapes"):
+    with pytest.raises(ValueError, match=r"unknown data set .ade. \(did you mean .ade20k.\?\); registered data sets: ade20k, cityscapes"):
         create_dataset("ade", ade_root, "val")
     with pytest.raises(ValueError, match="the ade20k data set needs its root folder; got None"):
         create_dataset("ade20k", None, "val")

@@ -67,8 +67,10 @@ from nlseg.blocks.layers import ParallelSum
 from nlseg.blocks.nonlocal_block import NonLocal2d, nonlocal_concat
 from nlseg.blocks.object_context import ObjectContext
 from nlseg.blocks.pyramid_pooling import PPM, ppm_keep_width
+from nlseg.registry import Registry, keyword_options
 
 __all__ = [
+    "BLOCKS",
     "AFNB",
     "APNB",
     "ASPP",
@@ -138,11 +140,10 @@ class _Entry:
     @property
     def options(self) -> dict[str, inspect.Parameter]:
         """Builder parameters a caller may pass as options, by name."""
-        params = inspect.signature(self.builder).parameters
-        return {name: p for name, p in params.items() if name != self.channels_arg}
+        return keyword_options(self.builder, skip=[self.channels_arg])
 
 
-_REGISTRY: dict[str, _Entry] = {}
+BLOCKS: Registry[_Entry] = Registry("block")
 
 
 def register_block(name: str, builder: BlockBuilder, *, channels_arg: str = "in_channels") -> None:
@@ -157,27 +158,15 @@ def register_block(name: str, builder: BlockBuilder, *, channels_arg: str = "in_
         ValueError: ``name`` is already registered.
         TypeError: ``builder`` takes no ``channels_arg`` parameter, or swallows ``**kwargs``.
     """
-    if name in _REGISTRY:
-        raise ValueError(
-            f"block {name!r} is already registered (as {_REGISTRY[name].label}); registered blocks: {list_blocks()}"
-        )
-    params = inspect.signature(builder).parameters
+    params = keyword_options(builder)
     if channels_arg not in params:
         raise TypeError(f"{builder.__name__} has no parameter {channels_arg!r}; it takes {list(params)}")
-    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-        raise TypeError(f"{builder.__name__} takes *args/**kwargs; blocks need explicit options so typos fail loudly")
-    _REGISTRY[name] = _Entry(builder, channels_arg)
+    BLOCKS.register(name, _Entry(builder, channels_arg))
 
 
 def list_blocks() -> list[str]:
     """Names accepted by :func:`create_block`, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown block {name!r}; registered blocks: {list_blocks()}")
-    return _REGISTRY[name]
+    return BLOCKS.names(sort=True)
 
 
 def block_options(name: str) -> dict[str, Any]:
@@ -187,7 +176,7 @@ def block_options(name: str) -> dict[str, Any]:
     Raises:
         ValueError: unknown name.
     """
-    return {option: p.default for option, p in _entry(name).options.items()}
+    return {option: p.default for option, p in BLOCKS.lookup(name).options.items()}
 
 
 def create_block(name: str, in_channels: int, **options: Any) -> nn.Module:
@@ -203,7 +192,7 @@ def create_block(name: str, in_channels: int, **options: Any) -> nn.Module:
         TypeError: an option the block does not accept, or a required one missing (the message lists
             the accepted options).
     """
-    entry = _entry(name)
+    entry = BLOCKS.lookup(name)
     accepted = entry.options
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -21,8 +21,10 @@ from nlseg.data.nyudv2 import NYUDv2
 from nlseg.data.pascal_context import PascalContext
 from nlseg.data.synthetic import SyntheticContext
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, collate
+from nlseg.registry import Registry
 
 __all__ = [
+    "DATASETS",
     "ADE20K",
     "COCOStuff10K",
     "Cityscapes",
@@ -42,7 +44,7 @@ __all__ = [
     "list_datasets",
 ]
 
-_DATASETS: dict[str, type[Dataset]] = {
+DATASETS: Registry[type[Dataset]] = Registry("data set", {
     "ade20k": ADE20K,
     "cityscapes": Cityscapes,
     "coco_stuff10k": COCOStuff10K,
@@ -50,12 +52,12 @@ _DATASETS: dict[str, type[Dataset]] = {
     "nyudv2": NYUDv2,
     "pascal_context": PascalContext,
     "synthetic": SyntheticContext,
-}
+})
 
 
 def list_datasets() -> list[str]:
     """Names accepted by ``create_dataset``, sorted."""
-    return sorted(_DATASETS)
+    return DATASETS.names(sort=True)
 
 
 def dataset_class(name: str) -> type[Dataset]:
@@ -69,9 +71,7 @@ def dataset_class(name: str) -> type[Dataset]:
     Raises:
         ValueError: an unknown name; the message lists the registered ones.
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown data set {name!r}; available: {', '.join(list_datasets())}")
-    return _DATASETS[name]
+    return DATASETS.lookup(name)
 
 
 def create_dataset(name: str, root: str | Path | None, split: str, **options: Any) -> Dataset:

@@ -17,6 +17,7 @@ from torch import nn
 
 from nlseg.models.base import BackboneOptions
 from nlseg.models.zoo import ZOO, ZooEntry, zoo_entry
+from nlseg.registry import keyword_options
 
 __all__ = ["create_model", "list_models", "model_info", "model_options", "register_model"]
 
@@ -28,9 +29,7 @@ BACKBONE = "backbone_options"
 
 def check_builder(entry: ZooEntry) -> None:
     """Raise ``TypeError`` if ``entry``'s builder swallows ``*args``/``**kwargs`` or lacks :data:`REQUIRED`."""
-    params = inspect.signature(entry.builder).parameters
-    if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values()):
-        raise TypeError(f"builder of {entry.name!r} takes *args/**kwargs; models need explicit options so typos fail")
+    params = keyword_options(entry.builder)
     missing = [arg for arg in REQUIRED if arg not in params]
     if missing:
         raise TypeError(f"builder of {entry.name!r} lacks the keyword argument(s) {missing}")
@@ -43,11 +42,8 @@ def register_model(entry: ZooEntry) -> ZooEntry:
         ValueError: its name is already registered.
         TypeError: its builder lacks ``num_classes`` / ``pretrained_backbone`` or takes ``**kwargs``.
     """
-    if entry.name in ZOO:
-        raise ValueError(f"model {entry.name!r} is already registered; registered models: {list_models()}")
     check_builder(entry)
-    ZOO[entry.name] = entry
-    return entry
+    return ZOO.register(entry.name, entry)
 
 
 def list_models() -> list[str]:

@@ -11,7 +11,6 @@ and LR-only rows, the released variants), so it needs no name of its own.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from nlseg.models.base import BackboneOptions
 from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
 from nlseg.models.fcn import fcn
 from nlseg.models.heads import HEADS_BACKBONE, context_head
+from nlseg.registry import Registry
 
 __all__ = ["ANN_INPUT", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
@@ -212,7 +212,7 @@ def _entries() -> list[ZooEntry]:
     return entries
 
 
-ZOO: dict[str, ZooEntry] = {entry.name: entry for entry in _entries()}
+ZOO: Registry[ZooEntry] = Registry("model", {entry.name: entry for entry in _entries()})
 """Every model by name, in registration order (family by family, in the papers' table order)."""
 
 
@@ -222,8 +222,4 @@ def zoo_entry(name: str) -> ZooEntry:
     Raises:
         ValueError: unknown name (the message gives the closest match and lists every name).
     """
-    if name not in ZOO:
-        close = difflib.get_close_matches(name, ZOO, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; registered models: {list(ZOO)}")
-    return ZOO[name]
+    return ZOO.lookup(name)
