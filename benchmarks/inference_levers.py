@@ -13,7 +13,7 @@ Configurations: ``as built`` (``model(x, with_aux=True)`` in eval mode, what nls
 path), each lever of :class:`~nlseg.engine.inference.InferenceOptions` alone (``no aux``, ``fold bn``,
 ``channels last``, ``bf16``, ``compile``), all exact levers together (no aux + fold bn + channels last) and
 those with bf16. Memory: the peak of tensor memory allocated during one pass, in the first round
-(:class:`~nlseg.analysis.memory.PeakMemory`; not measurable for compiled code, whose buffers bypass the
+(:class:`~nlseg.engine.memory.PeakMemory`; not measurable for compiled code, whose buffers bypass the
 dispatcher), and the process's peak resident set over the rounds (weights, Python and allocator included).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from nlseg.analysis.memory import PeakMemory
+from nlseg.engine.memory import PeakMemory
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.models import create_model
 

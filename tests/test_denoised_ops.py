@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from nlseg.analysis.memory import PeakMemory
+from nlseg.engine.memory import PeakMemory
 from nlseg.ops import (
     denoised_attention,
     denoised_attention_reference,

@@ -195,7 +195,7 @@ def test_a_large_image_gets_one_warning_with_the_expected_memory(tiny, tmp_path:
 
 @pytest.mark.parametrize("eval_cfg", [EvalConfig(), EvalConfig(mode="slide", crop_size=[64, 64], stride=[48, 48])])
 def test_peak_memory_estimate_is_within_twice_the_measured_peak(tiny, eval_cfg: EvalConfig):
-    from nlseg.analysis.memory import PeakMemory
+    from nlseg.engine.memory import PeakMemory
 
     segmenter = Segmenter.from_checkpoint(tiny[1], eval_cfg=eval_cfg)
     estimate = estimate_peak_memory(segmenter, 480, 640)

@@ -6,7 +6,7 @@ them. :func:`measure` then
 
 * **times** ``step``: ``warmup`` calls, a synchronisation, then the median of ``repeats`` timed calls
   (CUDA is synchronised before each clock stop);
-* measures its **peak memory** in one more call under :class:`~nlseg.analysis.memory.PeakMemory`: the most
+* measures its **peak memory** in one more call under :class:`~nlseg.engine.memory.PeakMemory`: the most
   memory held at once by tensors created inside the call, so inputs and weights made beforehand do not
   count;
 * counts its **FLOPs on the META device**: the workload is built again on meta (same shapes, nothing is
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nlseg.analysis.memory import PeakMemory
+from nlseg.engine.memory import PeakMemory
 
 __all__ = [
     "META",

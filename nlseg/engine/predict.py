@@ -40,7 +40,7 @@ PROBE_LONG_SIDE = 128
 def estimate_peak_memory(segmenter: Segmenter, height: int, width: int) -> int:
     """Bytes of tensor memory that predicting one ``height`` x ``width`` image is expected to need at its peak.
 
-    Measured, then extrapolated: :class:`~nlseg.analysis.memory.PeakMemory` records the peak of two
+    Measured, then extrapolated: :class:`~nlseg.engine.memory.PeakMemory` records the peak of two
     predictions of random images with the same aspect ratio, one with a long side of
     :data:`PROBE_LONG_SIDE` and one twice as large (with sliding windows, both at least a window in
     each direction), and the peak is extended linearly in the number of pixels. Convolutions, sliding
@@ -54,7 +54,7 @@ def estimate_peak_memory(segmenter: Segmenter, height: int, width: int) -> int:
     Returns:
         the expected peak in bytes (tensors only, the model's weights excluded).
     """
-    from nlseg.analysis.memory import PeakMemory
+    from nlseg.engine.memory import PeakMemory
 
     cfg = segmenter.eval_cfg
     long_side = max(height, width)
