@@ -48,7 +48,7 @@ What is measured, identically on both sides:
 Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
 ``channels_last`` (the backbone's; the decoder and heads take contiguous maps), ``bf16``, ``compile`` with
 ``--compile``), ``exact`` = fold_bn + channels_last (nlseg's defaults), ``exact_cl_heads`` = exact with the decoder
-and heads channels-last too (``eval.channels_last_heads``),
+and heads channels-last too (``prepare_for_inference(..., channels_last_heads=True)``),
 ``exact_compile`` = exact + ``torch.compile`` (with ``--compile``; the compile time is not counted), mmseg, and
 ``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster), and over ``exact_compile``'s where measured.
 ``train``: nlseg ``as_built``,
@@ -245,7 +245,9 @@ def _nlseg_infer(job: Job, x):
     if options is not None:
         from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 
-        model = prepare_for_inference(model, InferenceOptions(**options), inplace=True)
+        levers = {key: value for key, value in options.items() if key != "channels_last_heads"}
+        heads = options.get("channels_last_heads", False)
+        model = prepare_for_inference(model, InferenceOptions(**levers), inplace=True, channels_last_heads=heads)
     forward = functools.partial(model, with_aux=True) if job.lever == "with_aux" else model
 
     def step():

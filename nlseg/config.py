@@ -244,7 +244,31 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class InferenceOptions:
+    """What ``prepare_for_inference`` does to a model; the recipe's ``eval`` section is one (:class:`EvalConfig`)."""
+
+    aux: bool = False
+    """Also run the auxiliary heads the decoder does not read (their logits are unused by a prediction)."""
+    fold_bn: bool = True
+    """Fold every batch norm into the convolution before it (exact up to float rounding)."""
+    channels_last: bool = True
+    """The backbone's weights and maps in channels-last memory layout (exact; faster convolutions on CPU and
+    recent GPUs)."""
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
+    compile: bool = False
+    """``torch.compile`` the model (the first image of each size compiles; pays off over many images)."""
+
+    def __post_init__(self) -> None:
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be one of off, bf16, fp16; got {self.amp!r}")
+
+
+@dataclass
+class EvalConfig(InferenceOptions):
+    """How a recipe's model is scored: its inference levers (the fields of :class:`InferenceOptions`), the
+    window and the test-time views."""
+
     mode: Literal["whole", "slide"] = "whole"
     """whole (the full image at once) or slide (overlapping crops of ``crop_size``, logits averaged)."""
     crop_size: Size | None = None
@@ -254,20 +278,6 @@ class EvalConfig:
     flip: bool = False
     size: Size | None = None
     """Resize images to (H, W) before inference; logits are resized back to the label's size."""
-    aux: bool = False
-    """Also run the auxiliary heads the decoder does not read (their logits are unused by a prediction)."""
-    fold_bn: bool = True
-    """Fold every batch norm into the convolution before it (exact up to float rounding)."""
-    channels_last: bool = True
-    """The backbone's weights and maps in channels-last memory layout (exact; faster convolutions on CPU and
-    recent GPUs)."""
-    channels_last_heads: bool = False
-    """With ``channels_last``, the decoder and heads channels-last too (on the CPU slower for most heads' 3x3
-    convolutions over 1024-4096 channels, faster for ASPP's dilated ones)."""
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
-    compile: bool = False
-    """``torch.compile`` the model (the first image of each size compiles; pays off over many images)."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ eager float32 forward:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def test_exact_levers_equal_the_eager_model(name: str, image: torch.Tensor):
     with torch.no_grad():
         assert torch.equal(model(image)["out"], plain["out"])
 
-    heads_too = prepare_for_inference(model, InferenceOptions(channels_last_heads=True))
+    heads_too = prepare_for_inference(model, channels_last_heads=True)
     with torch.no_grad():
         assert relative_error(heads_too(image)["out"], full["out"]) <= EXACT
 
@@ -183,7 +184,7 @@ def _channels_last(t: torch.Tensor) -> bool:
 @pytest.mark.parametrize("heads", [False, True])
 def test_channels_last_is_the_backbones_and_the_heads_only_when_asked(heads: bool, image: torch.Tensor):
     model = build("danet_head_r50")  # CAM, PAM and 3x3 convolutions in the decoder
-    prepared = prepare_for_inference(model, InferenceOptions(channels_last_heads=heads))
+    prepared = prepare_for_inference(model, channels_last_heads=heads)
     layouts = {part: {_channels_last(conv.weight) for conv in getattr(prepared.model, part).modules()
                       if isinstance(conv, nn.Conv2d) and conv.kernel_size != (1, 1)}
                for part in ("backbone", "decoder", "aux_heads")}
@@ -210,7 +211,7 @@ def test_compiled_model_equals_the_uncompiled_one(name: str, image: torch.Tensor
     torch._dynamo.reset()
     model = build(name)
     plain = prepare_for_inference(model)
-    compiled = prepare_for_inference(model, InferenceOptions(compile=True, compile_backend="eager"))
+    compiled = prepare_for_inference(model, InferenceOptions(compile=True), compile_backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(image)["out"], plain(image)["out"], rtol=0, atol=0)
 
@@ -279,14 +280,18 @@ def test_prepared_model_is_for_inference_only(image: torch.Tensor):
     assert (prepared.num_classes, prepared.align_corners) == (NUM_CLASSES, True)
 
 
-def test_options_come_from_the_recipe():
+def test_the_recipes_eval_section_is_the_inference_options():
     cfg = load_config("demo", ["eval.amp=bf16", "eval.fold_bn=false", "eval.aux=true", "eval.compile=true",
                                "eval.channels_last=false"])
-    assert InferenceOptions.from_eval(cfg.eval) == InferenceOptions(
-        aux=True, fold_bn=False, channels_last=False, amp="bf16", compile=True
-    )
-    assert InferenceOptions.from_eval(cfg.eval, compile=False).compile is False
-    assert InferenceOptions.from_eval(load_config("demo").eval) == InferenceOptions()
+    assert isinstance(cfg.eval, InferenceOptions)  # one object: prepare_for_inference reads the section itself
+    levers = {f.name: getattr(cfg.eval, f.name) for f in dataclasses.fields(InferenceOptions)}
+    assert levers == dict(aux=True, fold_bn=False, channels_last=False, amp="bf16", compile=True)
+    defaults = load_config("demo").eval
+    assert {f.name: getattr(defaults, f.name) for f in dataclasses.fields(InferenceOptions)} == vars(InferenceOptions())
+    prepared = prepare_for_inference(build("fcn_r18"), defaults)
+    assert prepared.options is defaults
+    with pytest.raises(ConfigError, match="unknown config key 'eval.channels_last_heads'"):  # a benchmark's knob
+        load_config("demo", ["eval.channels_last_heads=true"])
     assert load_config("demo", ["eval.amp=off"]).eval.amp == "off"
     with pytest.raises(ConfigError, match="eval.amp must be one of off, bf16, fp16, got 'fp32'"):
         load_config("demo", ["eval.amp=fp32"])

@@ -33,7 +33,7 @@ from nlseg.data.build import build_dataset
 from nlseg.data.synthetic import BEACON_A, BEACON_B, DISC_A, DISC_B, SyntheticContext
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from nlseg.engine.checkpoint import load_checkpoint
-from nlseg.engine.inference import InferenceOptions, predict_with_config, prepare_for_inference
+from nlseg.engine.inference import predict_with_config, prepare_for_inference
 from nlseg.engine.metrics import ConfusionMatrix
 from nlseg.engine.trainer import build_model, train
 from nlseg.engine.workdir import RUN_FILES, holds_run
@@ -205,7 +205,7 @@ def run_demo(
         state = load_checkpoint(out_dir / "work" / recipe / "last.pt")
         model = build_model(cfg, state["num_classes"])
         model.load_state_dict(state["model"])
-        models[label] = prepare_for_inference(model, InferenceOptions.from_eval(cfg.eval), inplace=True)
+        models[label] = prepare_for_inference(model, cfg.eval, inplace=True)
     strips = _strips(cfg)
     for label, model in models.items():
         results[label]["context"] = {

@@ -37,7 +37,6 @@ from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.checkpoint import check_compatible
 from nlseg.engine.device import resolve_device
 from nlseg.engine.inference import (
-    InferenceOptions,
     build_model_from_checkpoint,
     predict_with_config,
     prepare_for_inference,
@@ -257,7 +256,7 @@ def evaluate_checkpoint(
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")
     check_compatible(state, model_name=cfg.model.name, num_classes=dataset.num_classes, path=checkpoint)
-    model = prepare_for_inference(model, InferenceOptions.from_eval(cfg.eval), inplace=True)  # this call owns it
+    model = prepare_for_inference(model, cfg.eval, inplace=True)  # this call owns it
     metrics = evaluate(
         model, dataset, cfg.eval, device=device, num_classes=dataset.num_classes, export_dir=export_dir,
         progress=progress,

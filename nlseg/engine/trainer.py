@@ -20,6 +20,7 @@ on them and a run may be resumed with them changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -45,7 +46,7 @@ from nlseg.data.transforms import collate
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
-from nlseg.engine.inference import InferenceOptions, prepare_for_inference
+from nlseg.engine.inference import prepare_for_inference
 from nlseg.engine.losses import SegmentationLoss
 from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start_run, write_text_atomic
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
@@ -571,7 +572,7 @@ def save_last(run: Run, iteration: int) -> None:
 def validate(run: Run, iteration: int) -> dict[str, Any]:
     """Score the validation split; a strictly better mIoU than any before in the run replaces ``best.pt``."""
     # On a copy (run.model trains on), not compiled: each validation's new copy would compile again.
-    model = prepare_for_inference(run.model, InferenceOptions.from_eval(run.cfg.eval, compile=False))
+    model = prepare_for_inference(run.model, dataclasses.replace(run.cfg.eval, compile=False))
     metrics = evaluate(
         model, run.val_set, run.cfg.eval, device=run.device, num_classes=len(run.class_names),
         progress=run.dist_info.is_main,

@@ -10,59 +10,19 @@ layout) keep the float32 output to float rounding; autocast trades precision for
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from nlseg.config import EvalConfig
+from nlseg.config import InferenceOptions
 from nlseg.models.fold import fold_batchnorm
 
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 """The autocast dtype of each ``amp`` setting other than ``off``."""
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """What :func:`prepare_for_inference` does to a model; a recipe's ``eval`` section sets them (:meth:`from_eval`).
-
-    Args:
-        aux: also return the auxiliary heads' logits (deep supervision's outputs, unused by a prediction);
-            False runs only the heads the decoder reads (the Denoised NL class map for Global Rectifying).
-        fold_bn: fold every batch norm into the convolution before it (:func:`nlseg.models.fold.fold_batchnorm`).
-        channels_last: the backbone's weights and maps in channels-last memory layout (faster convolutions on
-            CPU and on tensor-core GPUs); the decoder and heads get contiguous maps unless ``channels_last_heads``.
-        channels_last_heads: with ``channels_last``, the decoder and heads channels-last too. On the CPU (oneDNN)
-            that is slower for the 3x3 convolutions over 1024-4096 channels that most heads have (1.3-1.6x for
-            the decoders of ANN, NL, DANet and PSP at 512x1024), faster for ASPP's dilated ones
-            (docs/efficiency.md, "The inference path").
-        amp: ``off``, or autocast to ``bf16`` / ``fp16`` inside the forward (outputs are float32 again).
-        compile: ``torch.compile`` the model (the first call at each input size compiles).
-        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` to check tracing).
-    """
-
-    aux: bool = False
-    fold_bn: bool = True
-    channels_last: bool = True
-    channels_last_heads: bool = False
-    amp: Literal["off", "bf16", "fp16"] = "off"
-    compile: bool = False
-    compile_backend: str = "inductor"
-
-    def __post_init__(self) -> None:
-        if self.amp != "off" and self.amp not in AMP_DTYPES:
-            raise ValueError(f"InferenceOptions.amp must be one of off, {', '.join(AMP_DTYPES)}; got {self.amp!r}")
-
-    @classmethod
-    def from_eval(cls, eval_cfg: EvalConfig, **changes: Any) -> InferenceOptions:
-        """The options of a recipe's ``eval`` section (``eval.aux``, ``eval.fold_bn``, ...), with ``changes``."""
-        fields = {f.name: getattr(eval_cfg, f.name) for f in dataclasses.fields(cls) if hasattr(eval_cfg, f.name)}
-        return cls(**{**fields, **changes})
 
 
 class InferenceModel(nn.Module):
@@ -103,7 +63,12 @@ class InferenceModel(nn.Module):
 
 
 def prepare_for_inference(
-    model: nn.Module, options: InferenceOptions = InferenceOptions(), *, inplace: bool = False
+    model: nn.Module,
+    options: InferenceOptions = InferenceOptions(),
+    *,
+    inplace: bool = False,
+    channels_last_heads: bool = False,
+    compile_backend: str = "inductor",
 ) -> InferenceModel:
     """A module that does only inference's work with ``model``'s weights (see :class:`InferenceOptions`).
 
@@ -113,8 +78,13 @@ def prepare_for_inference(
 
     Args:
         model: a segmentor whose forward takes ``with_aux`` (:class:`nlseg.models.base.Segmentor`).
-        options: which levers to apply.
+        options: which levers to apply: an :class:`~nlseg.config.InferenceOptions`, or a recipe's ``eval``
+            section itself (an :class:`~nlseg.config.EvalConfig` is one).
         inplace: fold and re-lay-out ``model`` itself rather than a copy.
+        channels_last_heads: with ``options.channels_last``, the decoder and heads channels-last too (a
+            benchmark's knob: on the CPU, oneDNN runs the 3x3 convolutions over 1024-4096 channels that most
+            heads have 1.3-1.6x slower channels-last, ASPP's dilated ones faster; docs/efficiency.md).
+        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` check tracing).
 
     Returns:
         an :class:`InferenceModel`: ``forward(x)`` gives ``{"out", "aux"}`` in float32.
@@ -129,13 +99,13 @@ def prepare_for_inference(
         fold_batchnorm(model)
     if options.channels_last:
         backbone = getattr(model, "backbone", None)
-        if options.channels_last_heads or backbone is None:
+        if channels_last_heads or backbone is None:
             model.to(memory_format=torch.channels_last)
         else:
             backbone.to(memory_format=torch.channels_last)
             backbone.register_forward_hook(_contiguous_features)
     if options.compile:
-        model.compile(backend=options.compile_backend)
+        model.compile(backend=compile_backend)
     return InferenceModel(model, options)
 
 

@@ -159,7 +159,7 @@ class Segmenter:
         if isinstance(model, InferenceModel):
             self.model, self.options = model.to(self.device), model.options
         else:
-            self.options = options or InferenceOptions.from_eval(self.eval_cfg)
+            self.options = options or self.eval_cfg
             self.model = prepare_for_inference(model.to(self.device), self.options, inplace=True)
         self.class_names = list(class_names)
         self.palette = [tuple(int(c) for c in colour) for colour in palette]
