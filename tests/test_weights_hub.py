@@ -282,3 +282,20 @@ def test_train_loads_the_named_backbone(server, cache, monkeypatch, backbone_fil
     fresh = create_model("denoised_nl_r18", num_classes=NUM_CLASSES, **TINY).backbone.state_dict()
     assert (fresh["layer1.0.conv1.weight"] - state["layer1.0.conv1.weight"]).abs().max() > 0.5
     assert len(server.requests) == 1
+
+
+def test_list_weights_shows_size_checksum_fit_and_cache(server, cache, monkeypatch, backbone_file, capsys) -> None:
+    entry = register(monkeypatch, server, backbone_file[0])
+    assert cli_main(["list", "weights"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["name", "size", "sha256", "fits", "cached"] and lines[-1] == f"cache: {cache}"
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert list(rows) == hub.list_weights()
+    assert rows["torchvision-resnet101"] == ["torchvision-resnet101", "170.5", "MiB", "63fe2227", "resnet101",
+                                             "stem=classic", "no"]
+    assert rows["gluon-resnet50-v1s"] == ["gluon-resnet50-v1s", "?", "1762acc0", "resnet50", "stem=deep", "no"]
+    assert rows["test-tiny"][-1] == "no"
+    hub.fetch_weights("test-tiny", progress=False)
+    assert cli_main(["list", "weights"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:-1]}
+    assert rows["test-tiny"][-1] == "yes" and rows["test-tiny"][2] == entry.sha256[:8]
