@@ -113,12 +113,12 @@ def tiny_recipe(path: Path) -> Path:
     return path
 
 
-def register(monkeypatch: pytest.MonkeyPatch, server: Server, body: bytes, *, sha256: str | None = None) -> WeightsEntry:
+def register(monkeypatch: pytest.MonkeyPatch, server: Server, body: bytes) -> WeightsEntry:
     """Put a table entry ``test-tiny`` for ``body`` on the test server (checksum prefix in the name, as torchvision)."""
     digest = hashlib.sha256(body).hexdigest()
     filename = f"tiny-{digest[:8]}.pth"
     server.files[filename] = body
-    entry = WeightsEntry("test-tiny", server.url(filename), sha256 or digest, "resnet18", "deep", "MIT", "this test")
+    entry = WeightsEntry("test-tiny", server.url(filename), digest, "resnet18", "deep", "MIT", "this test")
     monkeypatch.setitem(hub.WEIGHTS, entry.name, entry)
     return entry
 
@@ -275,7 +275,8 @@ def test_train_loads_the_named_backbone(server, cache, monkeypatch, backbone_fil
     register(monkeypatch, server, body)
     recipe = tiny_recipe(tmp_path / "tiny.yaml")
     work = tmp_path / "work"
-    assert cli_main(["train", str(recipe), "--work-dir", str(work), "--set", "model.pretrained_backbone=test-tiny"]) == 0
+    assert cli_main(["train", str(recipe), "--work-dir", str(work), "--set",
+                     "model.pretrained_backbone=test-tiny"]) == 0
     trained = torch.load(work / "last.pt", map_location="cpu", weights_only=False)["model"]
     for key in ("conv1.0.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"):
         torch.testing.assert_close(trained[f"backbone.{key}"], state[key], rtol=0, atol=1e-6, msg=key)

@@ -137,11 +137,12 @@ WEIGHTS: dict[str, WeightsEntry] = _entries(
                  "https://github.com/rwightman/pytorch-pretrained-gluonresnet/releases/download/v0.1/"
                  "gluon_resnet101_v1c-1f26822a.pth", "1f26822a",
                  "resnet101", "v1c", "Apache-2.0", _GLUON.format("101_v1c", "101c")),
-    WeightsEntry("openmmlab-resnet50-v1c", "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
-                 "2cccc1ad", "resnet50", "v1c", "Apache-2.0", _OPENMMLAB.format(50, 50), renames=_MMCV_STEM),
+    WeightsEntry("openmmlab-resnet50-v1c",
+                 "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth", "2cccc1ad",
+                 "resnet50", "v1c", "Apache-2.0", _OPENMMLAB.format(50, 50), renames=_MMCV_STEM),
     WeightsEntry("openmmlab-resnet101-v1c",
-                 "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
-                 "e67eebb6", "resnet101", "v1c", "Apache-2.0", _OPENMMLAB.format(101, 101), renames=_MMCV_STEM),
+                 "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth", "e67eebb6",
+                 "resnet101", "v1c", "Apache-2.0", _OPENMMLAB.format(101, 101), renames=_MMCV_STEM),
 )
 """The weights nlseg fetches by name. None of these publishers lists a full SHA-256: each entry checks the
 prefix its file name carries, as ``torch.hub.load_state_dict_from_url(check_hash=True)`` does."""

@@ -14,13 +14,13 @@ What the exported graph computes (:class:`ImageToLogits`):
 The batch, height and width are dynamic, and the file names them ``batch``, ``height`` and ``width`` (named
 ``torch.export.Dim`` objects; the output shares the input's names).
 
-Blocks that pool adaptively to n x n bins (APNB/AFNB pyramid sampling, PPM, DRANet's compact position attention) have bin edges that depend on the feature map's size,
-and ONNX has no adaptive pooling; while exporting, their average pooling is two matrix products with
-averaging matrices computed in the graph from the runtime height and width
-(:func:`nlseg.ops.adaptive_avg_pool`), so the file is right at any size. The one exception is max pyramid
-pooling (``pool_mode="max"``, ANN Table 7 only): those models are exported at the example size only
-(:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is slow on that many
-nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
+Blocks that pool adaptively to n x n bins (APNB/AFNB pyramid sampling, PPM, DRANet's compact position
+attention) have bin edges that depend on the feature map's size, and ONNX has no adaptive pooling; while
+exporting, their average pooling is two matrix products with averaging matrices computed in the graph from
+the runtime height and width (:func:`nlseg.ops.adaptive_avg_pool`), so the file is right at any size. The
+one exception is max pyramid pooling (``pool_mode="max"``, ANN Table 7 only): those models are exported at
+the example size only (:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is
+slow on that many nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (it needs ``onnx`` and ``onnxscript``; the check needs
 ``onnxruntime``: ``pip install nlseg[onnx]``). While it traces, the Denoised NL op computes its function in
