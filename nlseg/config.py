@@ -556,8 +556,22 @@ def _file_check(key: str) -> None:
         return None
 
 
-_file_check("pretrained_backbone")
 _file_check("init_from")
+
+
+@_check("model.pretrained_backbone", rule="an existing file or a weights name (nlseg list weights)", purposes=_TRAIN)
+def _backbone_weights(cfg: Config) -> str | None:
+    from nlseg.backbones.hub import WEIGHTS, close_names, missing_offline
+
+    value = cfg.model.pretrained_backbone
+    if value is None or Path(value).expanduser().is_file():
+        return None
+    if value in WEIGHTS:
+        return missing_offline(value)  # offline and not cached: refused now, not after the data is set up
+    close = close_names(value)
+    hint = f"; close names: {', '.join(close)}" if close else ""
+    return (f"model.pretrained_backbone must be an existing file or a weights name (nlseg list weights), got "
+            f"{value!r} (no such file or name{hint})")
 
 
 def field_rules(cls: type = Config, prefix: str = "") -> dict[str, str]:

@@ -6,7 +6,7 @@ so that code written against the older, more generic classes keeps working.
 """
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DatasetError", "NlsegError", "OutputError"]
+__all__ = ["CheckpointError", "ConfigError", "DatasetError", "DownloadError", "NlsegError", "OutputError"]
 
 
 class NlsegError(Exception):
@@ -28,3 +28,8 @@ class CheckpointError(NlsegError, ValueError):
 
 class OutputError(NlsegError, OSError):
     """An output path (work dir, ``--out``, ``--output``, ``--export-dir``) cannot be written."""
+
+
+class DownloadError(NlsegError, OSError):
+    """Weights named from :mod:`nlseg.backbones.hub` could not be fetched: no connection, an interrupted
+    transfer, a checksum mismatch, or offline mode with the file not in the cache."""

@@ -255,7 +255,11 @@ def test_machine_rules_apply_when_the_recipe_is_loaded_to_train(recipe, tmp_path
         ("train.amp=fp16", "(file) train.amp must be off or bf16 on the CPU (fp16 needs CUDA), got 'fp16' with train.device='auto'"),
         ("train.tensorboard=true", "train.tensorboard is true but tensorboard is not installed; install it with pip install 'nlseg[tb]'"),
         (f"model.init_from={missing}", f"model.init_from must be an existing file, got '{missing}' (no such file)"),
-        (f"model.pretrained_backbone={missing}", f"model.pretrained_backbone must be an existing file, got '{missing}' (no such file)"),
+        (f"model.pretrained_backbone={missing}", "model.pretrained_backbone must be an existing file or a weights name "
+                                                 f"(nlseg list weights), got '{missing}' (no such file or name)"),
+        ("model.pretrained_backbone=torchvision-resnet5", "model.pretrained_backbone must be an existing file or a "
+         "weights name (nlseg list weights), got 'torchvision-resnet5' (no such file or name; close names: "
+         "torchvision-resnet50, torchvision-resnet18, torchvision-resnet101)"),
     ]
     for override, message in cases:
         load_config(recipe, [override])  # only read: no machine rule

@@ -132,7 +132,8 @@ def _convert(*args: str) -> int:
 
 
 def test_formats_named_once():
-    assert CLI_FORMATS == FORMATS == ("ann-backbone", "ann", "dnl")
+    assert FORMATS == ("ann-backbone", "ann", "dnl")
+    assert CLI_FORMATS == (*FORMATS, "mmseg")  # mmseg: its own module, nlseg.engine.convert_mmseg
 
 
 def test_ann_checkpoint_converts_exactly(tmp_path: Path, ann_model, capsys):

@@ -105,8 +105,9 @@ def test_onnxruntime_equals_eager_for_every_family(group: str, tmp_path):
     assert static_size_reason(joint) is None
     result = export_onnx(joint, tmp_path / f"{group}.onnx", example_size=SIZE)
     assert result.dynamic_size
-    dims = ort.InferenceSession(str(result.path)).get_inputs()[0].shape  # symbolic dims are names
-    assert isinstance(dims[0], str) and dims[1] == 3 and isinstance(dims[2], str) and isinstance(dims[3], str)
+    session = ort.InferenceSession(str(result.path))
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert session.get_outputs()[0].shape == ["batch", K * len(names), "height", "width"]
     pooled = group.endswith("pooled")  # pooling to bins: sizes whose bins differ from the example's
     _check(result.path, names, models, [(1, *SIZE), (2, *OTHER)] + ([(1, *s) for s in MORE] if pooled else []))
 
@@ -123,7 +124,7 @@ def test_max_pyramid_pooling_is_exported_at_the_example_size_only(tmp_path):
     assert reason is not None and "max-pools" in reason and "1/2/3" in reason
     result = export_onnx(joint, tmp_path / "max.onnx", example_size=SIZE)
     assert not result.dynamic_size
-    assert ort.InferenceSession(str(result.path)).get_inputs()[0].shape[2:] == list(SIZE)
+    assert ort.InferenceSession(str(result.path)).get_inputs()[0].shape == ["batch", 3, *SIZE]
     _check(result.path, names, models, [(2, *SIZE), (1, *SIZE)])
     with pytest.raises(Exception, match="(?i)dimension|shape"):
         _run(result.path, torch.rand(1, 3, *OTHER))  # the fixed size is enforced, not silently wrong
@@ -178,6 +179,23 @@ def test_exported_file_segments_a_photo_as_nlseg_predict_does(tiny, tmp_path, ca
     clear = (top2[0] - top2[1]) > 1e-3  # pixels whose class no rounding can flip
     assert clear.float().mean() > 0.95 and len(labels.unique()) >= 3
     assert torch.equal(logits.argmax(0)[clear], labels[clear])
+
+
+def test_saved_file_names_its_dynamic_axes_batch_height_width(tiny, tmp_path, capsys):
+    """The dim_params of the saved graph's input and output: named for what they are, shared by both."""
+    import onnx
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--checkpoint", str(tiny[1]), "--out", str(out), "--height", "37", "--width", "53"]) == 0
+    graph = onnx.load(str(out)).graph
+
+    def dims(value: onnx.ValueInfoProto) -> list[str | int]:
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert [(v.name, dims(v)) for v in graph.input] == [("image", ["batch", 3, "height", "width"])]
+    assert [(v.name, dims(v)) for v in graph.output] == [("logits", ["batch", 19, "height", "width"])]
+    inner = {d.dim_param for v in graph.value_info for d in v.type.tensor_type.shape.dim if d.dim_param}
+    assert {"batch", "height", "width"} <= inner and not any(p.startswith("s") and p[1:].isdigit() for p in inner)
 
 
 def _one_error_line(capsys, *fragments: str) -> None:

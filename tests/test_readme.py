@@ -118,3 +118,17 @@ def test_own_data_section_matches_the_recipe():
     assert shown["options"] == recipe["options"]
     for command in ("nlseg train custom_folder", "nlseg eval custom_folder", "nlseg predict custom_folder"):
         assert command in section
+
+
+def test_install_section_lists_every_extra_with_its_packages():
+    """The extras table of `## Install` is pyproject's optional dependencies, extra by extra."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    install = README.split("## Install\n", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]+) \|", install, re.M))
+    assert set(rows) == set(extras)
+    for extra, requirements in extras.items():
+        packages = {re.split(r"[<>=!~ ]", r, maxsplit=1)[0] for r in requirements}
+        assert packages == {p.strip() for p in rows[extra].split(",")}, extra
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install and "pip install ." in install

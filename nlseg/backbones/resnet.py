@@ -361,7 +361,8 @@ def resnet18(*, pretrained: str | os.PathLike[str] | None = None, **options: Any
     """ResNet-18: BasicBlock × (2, 2, 2, 2).
 
     Args:
-        pretrained: a local weights file (.pth, .pt, .safetensors) loaded strictly, or None.
+        pretrained: a local weights file (.pth, .pt, .safetensors) or a weights name (``nlseg list weights``),
+            loaded strictly, or None.
         options: keyword options of :class:`ResNet` (output_stride, stem, multi_grid, dilate_first_block,
             stem_ceil_mode, norm_layer, in_channels, width, zero_init_residual, checkpointing).
     """

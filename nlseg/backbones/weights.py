@@ -1,4 +1,7 @@
-"""Backbone weights from local files: read a state dict, check it fits, load it all or nothing.
+"""Backbone weights from a local file or a name: read a state dict, check it fits, load it all or nothing.
+
+A name of the table in :mod:`nlseg.backbones.hub` (``nlseg list weights``) is fetched into PyTorch's cache
+once and read from there; an existing local file is read as it is.
 
 Formats: ``.pth`` / ``.pt`` (``torch.load`` with ``weights_only=True``) and ``.safetensors`` (needs
 the optional ``safetensors`` package). Training checkpoints that wrap the weights in
@@ -98,19 +101,27 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> None:
     """Copy every tensor of a weights file into ``model``, or nothing if the file does not fit.
 
+    ``path`` is a local file or a weights name (:mod:`nlseg.backbones.hub`); a named file whose publisher
+    uses other key names (mmcv's ``stem.*``) is renamed by the table's fixed prefix map before the check.
+
     ``fc.*`` keys the model lacks and ``num_batches_tracked`` on either side are ignored. With
     ``strict=True`` any missing key, unexpected key or shape mismatch raises; with ``strict=False``
     missing and unexpected keys are allowed (and named in a warning), shape mismatches still raise.
 
     Args:
         model: the module to fill; its parameters and buffers keep their dtype and device.
-        path: the weights file (see :func:`read_state_dict`).
+        path: the weights file (see :func:`read_state_dict`) or a weights name.
         strict: whether the file must cover the model exactly.
 
     Raises:
         WeightsMismatchError: the file does not fit; the message names the file and lists the keys.
+        FileNotFoundError: neither a file nor a weights name. nlseg.errors.DownloadError: a name that
+            cannot be fetched.
     """
-    state = read_state_dict(path)
+    from nlseg.backbones.hub import resolve_weights
+
+    path, renames = resolve_weights(path)
+    state = _renamed(read_state_dict(path), renames)
     expected = model.state_dict()
     state = {k: v for k, v in state.items() if k in expected or not k.startswith(CLASSIFIER_PREFIX)}
     missing = [k for k in expected if k not in state and not k.endswith(COUNTER_NAME)]
@@ -130,6 +141,17 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str], *, str
         report = _mismatch_report(path, model, expected, state, missing, unexpected, mismatched)
         warnings.warn(f"{report}\n  loaded the {len(fitting)} tensors that fit (strict=False)", stacklevel=2)
     model.load_state_dict(fitting, strict=False)
+
+
+def _renamed(state: dict[str, Tensor], renames: tuple[tuple[str, str], ...]) -> dict[str, Tensor]:
+    """``state`` with each key's first matching ``old`` prefix replaced by ``new``."""
+    if not renames:
+        return state
+    out = {}
+    for key, value in state.items():
+        old, new = next(((o, n) for o, n in renames if key.startswith(o)), ("", ""))
+        out[new + key.removeprefix(old)] = value
+    return out
 
 
 def _mismatch_report(

@@ -51,6 +51,7 @@ __all__ = [
     "LAYOUTS",
     "Layout",
     "convert_released",
+    "convert_with_layout",
     "converted_config",
     "map_state_dict",
     "read_released",
@@ -394,12 +395,17 @@ def convert_released(layout_name: str, source: str | os.PathLike[str], cfg: Conf
 
     if cfg is None:
         raise ConfigError(f"the {layout.name} format needs the recipe of the model it converts into")
+    return convert_with_layout(layout, read_released(source), str(source), cfg)
+
+
+def convert_with_layout(layout: Layout, state: Mapping[str, Tensor], source: str, cfg: Config) -> dict[str, Any]:
+    """A released network's state dict (read by :func:`read_released`) -> an nlseg checkpoint of ``cfg``'s model,
+    as :func:`convert_released` returns it; shared by every checkpoint format (``ann``, ``dnl``, ``mmseg``)."""
     cfg = converted_config(cfg, layout)
     num_classes = dataset_num_classes(cfg)
     if num_classes is None:
         raise ConfigError(f"recipe {cfg.name}: the number of classes of its {cfg.data.dataset} data set is not "
                           "known before it is read; set data.options.classes")
-    state = read_released(source)
     with torch.device("meta"):
         expected = create_model(cfg.model.name, num_classes=num_classes, **cfg.model.options).state_dict()
     weights = map_state_dict(

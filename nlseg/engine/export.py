@@ -11,14 +11,16 @@ What the exported graph computes (:class:`ImageToLogits`):
   nodes only they feed (Denoised NL's class-map head stays, Global Rectifying reads it), and onnxruntime
   folds batch norms into the convolutions when it loads the file.
 
-The batch, height and width are dynamic. Blocks that pool adaptively to n x n bins (APNB/AFNB pyramid
-sampling, PPM, DRANet's compact position attention) have bin edges that depend on the feature map's size,
-and ONNX has no adaptive pooling; while exporting, their average pooling is two matrix products with
-averaging matrices computed in the graph from the runtime height and width
-(:func:`nlseg.ops.adaptive_avg_pool`), so the file is right at any size. The one exception is max pyramid
-pooling (``pool_mode="max"``, ANN Table 7 only): those models are exported at the example size only
-(:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is slow on that many
-nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
+The batch, height and width are dynamic, and the file names them ``batch``, ``height`` and ``width`` (named
+``torch.export.Dim`` objects; the output shares the input's names).
+
+Blocks that pool adaptively to n x n bins (APNB/AFNB pyramid sampling, PPM, DRANet's compact position
+attention) have bin edges that depend on the feature map's size, and ONNX has no adaptive pooling; while
+exporting, their average pooling is two matrix products with averaging matrices computed in the graph from
+the runtime height and width (:func:`nlseg.ops.adaptive_avg_pool`), so the file is right at any size. The
+one exception is max pyramid pooling (``pool_mode="max"``, ANN Table 7 only): those models are exported at
+the example size only (:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is
+slow on that many nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
 
 The exporter is ``torch.onnx.export(dynamo=True)`` (it needs ``onnx`` and ``onnxscript``; the check needs
 ``onnxruntime``: ``pip install nlseg[onnx]``). While it traces, the Denoised NL op computes its function in
@@ -190,9 +192,9 @@ def export_onnx(
     path = Path(path)
     reason = static_size_reason(model)
     wrapper = ImageToLogits(model, normalize).eval()
-    dims = {0: torch.export.Dim.DYNAMIC}
+    dims = {0: torch.export.Dim("batch")}
     if reason is None:
-        dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
+        dims |= {2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     # Batch 2: torch.export specialises a dimension traced at size 1.
     example = torch.rand(2, 3, *example_size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()

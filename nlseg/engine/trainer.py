@@ -437,7 +437,7 @@ def paper_weights_warning(cfg: Config) -> str | None:
     if not paper_row:
         return None
     return (f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; this run "
-            "starts from random weights (--set model.pretrained_backbone=FILE)")
+            "starts from random weights (--set model.pretrained_backbone=FILE, or a name from nlseg list weights)")
 
 
 def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:

@@ -50,7 +50,7 @@ def ann(
         fusion: one of :data:`FUSIONS`, or None.
         context: one of :data:`CONTEXTS`, or None.
         num_classes: number of classes K.
-        pretrained_backbone: local weights file for the backbone, or None.
+        pretrained_backbone: weights file or name (`nlseg list weights`) for the backbone, or None.
         backbone_options: the backbone and the norm of every part (default :data:`ANN_BACKBONE`).
         head_channels: channels after the 3x3 reduction and of the auxiliary head (512).
         key_channels: key/query channels of the attention blocks (256; unused by common fusion).

@@ -83,7 +83,8 @@ def denoised_nl(
 
     Args:
         num_classes: number of classes K.
-        pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
+        pretrained_backbone: weights file or name (`nlseg list weights`) for the backbone (deep-stem layout by
+            default), or None.
         backbone_options: the backbone and the norm of every part (default :data:`DENOISED_NL_BACKBONE`).
         head_channels: channels of F (and so the block's Cv), of the head and of the layer3 auxiliary head.
         dropout: Dropout2d rate of the head (0.05).
@@ -140,7 +141,8 @@ def denoised_nl_pipeline(
         block: a ``create_block`` name (built by :func:`comparison_block`), a function building the block
             from (channels, norm_layer), or None for the Baseline of Tables II-V.
         num_classes: number of classes K.
-        pretrained_backbone: local weights file for the backbone (deep-stem layout by default), or None.
+        pretrained_backbone: weights file or name (`nlseg list weights`) for the backbone (deep-stem layout by
+            default), or None.
         backbone_options: the backbone and the norm of every part (default :data:`DENOISED_NL_BACKBONE`).
         head_channels: channels of the reduced map F, of the head, and of the layer3 auxiliary head (512);
             the layer2 auxiliary head has ``head_channels // 8``.

@@ -31,7 +31,7 @@ def fcn(
 
     Args:
         num_classes: number of classes K.
-        pretrained_backbone: local weights file for the backbone, or None.
+        pretrained_backbone: weights file or name (`nlseg list weights`) for the backbone, or None.
         backbone_options: the backbone and the norm of every part (classic stem, no multi-grid by default).
         head_channels: hidden width of the head (512).
         dropout: Dropout2d rate of the head.

@@ -69,7 +69,8 @@ def context_head(
     Args:
         head: one of :data:`HEADS`.
         num_classes: number of classes K.
-        pretrained_backbone: local weights file for the backbone (deep-stem key layout at half width), or None.
+        pretrained_backbone: weights file or name (`nlseg list weights`) for the backbone (deep-stem key layout at
+            half width), or None.
         backbone_options: the backbone and the norm of every part (default :data:`HEADS_BACKBONE`).
         head_channels: the head's width (512); the non-local block's embeddings have half of it, PAM's q and k an
             eighth; the auxiliary head has half of it (256).

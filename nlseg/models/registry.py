@@ -91,7 +91,8 @@ def create_model(
     Args:
         name: one of :func:`list_models`.
         num_classes: number of output classes K.
-        pretrained_backbone: a local backbone weights file (see ``nlseg.backbones.load_backbone_weights``).
+        pretrained_backbone: a backbone weights file or a weights name of ``nlseg.backbones.hub`` (see
+            ``nlseg.backbones.load_backbone_weights``).
         options: the model's options by keyword (see :func:`model_options`).
 
     Returns:
