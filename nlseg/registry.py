@@ -2,16 +2,22 @@
 
 A registry refuses a duplicate name, answers an unknown one with the closest match and the names it holds,
 lists its names, and describes the keyword options of a registered callable from its signature. It imports
-nothing of nlseg, so every layer (the recipe schema included) can hold or read one.
+nothing of nlseg, so every layer can hold or read one.
+
+The package's registries are instances here (:data:`MODELS`, :data:`BLOCKS`, :data:`DATASETS`, :data:`WEIGHTS`),
+each with the ``location`` of the module that fills it: the first read imports that module (as mmengine's
+registries do), so the recipe checks in :mod:`nlseg.config` ask a registry for names and option signatures
+without importing the models or the data sets themselves.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "UnknownName", "did_you_mean", "keyword_options"]
+__all__ = ["BLOCKS", "DATASETS", "MODELS", "WEIGHTS", "Registry", "UnknownName", "did_you_mean", "keyword_options"]
 
 T = TypeVar("T")
 
@@ -49,13 +55,23 @@ class Registry(Mapping[str, T], Generic[T]):
     Args:
         kind: what a thing is called in messages ("model", "block", "data set", "recipe").
         items: things to register at once, by name.
+        location: the module that registers the things (imported on the first read, not on a registration).
     """
 
-    def __init__(self, kind: str, items: Mapping[str, T] | None = None) -> None:
+    def __init__(self, kind: str, items: Mapping[str, T] | None = None, *, location: str | None = None) -> None:
         self.kind = kind
+        self.location = location
         self._items: dict[str, T] = {}
         for name, item in (items or {}).items():
             self.register(name, item)
+
+    @property
+    def _filled(self) -> dict[str, T]:
+        """The things, once the ``location`` module (which registers them) has been imported."""
+        if self.location is not None:
+            location, self.location = self.location, None
+            importlib.import_module(location)
+        return self._items
 
     def register(self, name: str, item: T) -> T:
         """Add ``item`` as ``name`` and return it.
@@ -75,7 +91,7 @@ class Registry(Mapping[str, T], Generic[T]):
         Raises:
             UnknownName: (a ValueError) the message gives the closest match and every registered name.
         """
-        if name not in self._items:
+        if name not in self._filled:
             raise UnknownName(
                 f"unknown {self.kind} {name!r}{did_you_mean(name, self._items)}; "
                 f"registered {self.kind}s: {', '.join(self._items)}"
@@ -84,16 +100,26 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def names(self, *, sort: bool = False) -> list[str]:
         """The registered names, in registration order or sorted."""
-        return sorted(self._items) if sort else list(self._items)
+        return sorted(self._filled) if sort else list(self._filled)
 
     def __getitem__(self, name: str) -> T:
         return self.lookup(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
+        return iter(self._filled)
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._filled)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._filled
+
+
+MODELS: Registry[Any] = Registry("model", location="nlseg.models")
+"""Segmentation models by name: :class:`nlseg.models.zoo.ZooEntry` (the model table, with builders and paper figures)."""
+BLOCKS: Registry[Any] = Registry("block", location="nlseg.blocks")
+"""Context blocks by name, for ``nlseg.create_block``."""
+DATASETS: Registry[Any] = Registry("data set", location="nlseg.data")
+"""Data set classes by name (their class attributes say what they are: ``classes``, ``splits``, ``requires_root``)."""
+WEIGHTS: Registry[Any] = Registry("weights file", location="nlseg.backbones.hub")
+"""Published backbone weights by name (:mod:`nlseg.backbones.hub`)."""

@@ -33,7 +33,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from nlseg import registry
 from nlseg.errors import DownloadError
+from nlseg.registry import Registry
 
 __all__ = [
     "OFFLINE_VARIABLES",
@@ -102,16 +104,14 @@ _MMCV_STEM = (("stem.7.", "bn1."), ("stem.", "conv1."))
 the three convolutions and first two norms ``conv1.0 .. conv1.6`` and the last norm ``bn1``."""
 
 
-def _entries(*entries: WeightsEntry) -> dict[str, WeightsEntry]:
-    table: dict[str, WeightsEntry] = {}
+def _entries(*entries: WeightsEntry) -> Registry[WeightsEntry]:
+    """The package's weights registry (:data:`nlseg.registry.WEIGHTS`) with ``entries`` registered."""
     for entry in entries:
-        if entry.name in table:
-            raise ValueError(f"weights name {entry.name!r} is listed twice")
-        table[entry.name] = entry
-    return table
+        registry.WEIGHTS.register(entry.name, entry)
+    return registry.WEIGHTS
 
 
-WEIGHTS: dict[str, WeightsEntry] = _entries(
+WEIGHTS: Registry[WeightsEntry] = _entries(
     # classic 7x7 stem: torchvision's ImageNet ResNets (BSD-3-Clause, torchvision's licence)
     WeightsEntry("torchvision-resnet18", "https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd",
                  "resnet18", "classic", "BSD-3-Clause", _TORCHVISION.format(18), 44.661),

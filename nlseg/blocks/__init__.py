@@ -67,6 +67,7 @@ from nlseg.blocks.layers import ParallelSum
 from nlseg.blocks.nonlocal_block import NonLocal2d, nonlocal_concat
 from nlseg.blocks.object_context import ObjectContext
 from nlseg.blocks.pyramid_pooling import PPM, ppm_keep_width
+from nlseg import registry
 from nlseg.registry import Registry, keyword_options
 
 __all__ = [
@@ -143,7 +144,7 @@ class _Entry:
         return keyword_options(self.builder, skip=[self.channels_arg])
 
 
-BLOCKS: Registry[_Entry] = Registry("block")
+BLOCKS: Registry[_Entry] = registry.BLOCKS
 
 
 def register_block(name: str, builder: BlockBuilder, *, channels_arg: str = "in_channels") -> None:

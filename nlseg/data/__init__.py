@@ -21,6 +21,7 @@ from nlseg.data.nyudv2 import NYUDv2
 from nlseg.data.pascal_context import PascalContext
 from nlseg.data.synthetic import SyntheticContext
 from nlseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, collate
+from nlseg import registry
 from nlseg.registry import Registry
 
 __all__ = [
@@ -44,15 +45,12 @@ __all__ = [
     "list_datasets",
 ]
 
-DATASETS: Registry[type[Dataset]] = Registry("data set", {
-    "ade20k": ADE20K,
-    "cityscapes": Cityscapes,
-    "coco_stuff10k": COCOStuff10K,
-    "folder": FolderDataset,
-    "nyudv2": NYUDv2,
-    "pascal_context": PascalContext,
-    "synthetic": SyntheticContext,
-})
+DATASETS: Registry[type[Dataset]] = registry.DATASETS
+for _name, _cls in (
+    ("ade20k", ADE20K), ("cityscapes", Cityscapes), ("coco_stuff10k", COCOStuff10K), ("folder", FolderDataset),
+    ("nyudv2", NYUDv2), ("pascal_context", PascalContext), ("synthetic", SyntheticContext),
+):
+    DATASETS.register(_name, _cls)
 
 
 def list_datasets() -> list[str]:

@@ -24,7 +24,7 @@ from nlseg.models.base import BackboneOptions
 from nlseg.models.denoised import DENOISED_NL_BACKBONE, denoised_nl, denoised_nl_pipeline
 from nlseg.models.fcn import fcn
 from nlseg.models.heads import HEADS_BACKBONE, context_head
-from nlseg.registry import Registry
+from nlseg.registry import MODELS, Registry
 
 __all__ = ["ANN_INPUT", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
@@ -102,6 +102,24 @@ class ZooEntry:
     table5_gflops: float | None = None
     table5_memory_mb: float | None = None
     variants: tuple[ZooVariant, ...] = field(default=())
+
+    def options(self) -> dict[str, Any]:
+        """The options ``create_model`` accepts for this model, with their defaults (:func:`model_options`)."""
+        from nlseg.models.registry import model_options
+
+        return model_options(self.name)
+
+    def option_types(self) -> dict[str, Any]:
+        """The declared type of each option (:func:`nlseg.models.option_types.option_types`)."""
+        from nlseg.models.option_types import option_types
+
+        return option_types(self.name)
+
+    def build(self, num_classes: int, **options: Any) -> nn.Module:
+        """The model with ``options`` (:func:`create_model`, no pretrained weights)."""
+        from nlseg.models.registry import create_model
+
+        return create_model(self.name, num_classes=num_classes, **options)
 
     @property
     def description(self) -> str:
@@ -212,7 +230,9 @@ def _entries() -> list[ZooEntry]:
     return entries
 
 
-ZOO: Registry[ZooEntry] = Registry("model", {entry.name: entry for entry in _entries()})
+ZOO: Registry[ZooEntry] = MODELS
+for _entry in _entries():
+    ZOO.register(_entry.name, _entry)
 """Every model by name, in registration order (family by family, in the papers' table order)."""
 
 
