@@ -17,3 +17,50 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(what):
     err = proc.stderr.read().decode()
     assert proc.wait() == 141  # as a Unix tool killed by SIGPIPE
     assert err == ""
+
+
+def _float_keys(cls=None, prefix: str = "") -> dict[str, bool]:
+    """Every float field of the recipe, dotted, -> whether it is a list of floats."""
+    import dataclasses
+    import typing
+
+    from nlseg.config import Config
+
+    def floats(hint) -> tuple[bool, bool]:  # (holds a float, is a list)
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin is typing.Annotated:
+            return floats(args[0])
+        if origin is list:
+            return floats(args[0])[0], True
+        if origin in (typing.Union, __import__("types").UnionType):
+            found = [floats(a) for a in args if a is not type(None)]
+            return any(f for f, _ in found), any(lst for _, lst in found)
+        return hint is float, False
+
+    keys: dict[str, bool] = {}
+    for name, hint in typing.get_type_hints(cls or Config, include_extras=True).items():
+        if dataclasses.is_dataclass(hint):
+            keys.update(_float_keys(hint, f"{prefix}{name}."))
+        elif floats(hint)[0]:
+            keys[f"{prefix}{name}"] = floats(hint)[1]
+    return keys
+
+
+def test_every_float_field_refuses_non_finite_values_at_load(tmp_path, capsys):
+    from nlseg.cli import main as cli_main
+
+    keys = _float_keys()
+    assert {"train.lr", "train.momentum", "loss.ohem_threshold", "data.scale_range", "eval.scales"} <= set(keys)
+    for key, is_list in keys.items():
+        for text in ("inf", "1e999", "-.inf", ".nan"):
+            value = f"[{text}, {text}]" if is_list else text
+            assert cli_main(["train", "demo", "--work-dir", str(tmp_path / "w"), "--set", f"{key}={value}"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "Traceback" not in err
+            assert f"--set: {key}" in err and "must be a finite number" in err, err
+    assert not (tmp_path / "w" / "config.yaml").exists()
+    # in a recipe file too, with the allowed range named
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: .inf\n")
+    assert cli_main(["train", str(recipe), "--work-dir", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err.strip() == f"nlseg train: error: {recipe}: train.lr must be a finite number > 0, got inf"
