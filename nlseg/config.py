@@ -37,6 +37,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from nlseg.errors import ConfigError
+from nlseg.paths import absolute_recipe_paths
 
 __all__ = [
     "CHECKS",
@@ -740,6 +741,7 @@ def _build(cls: type, data: Any, *, prefix: str, origin: _Origin):
 def _validated(data: dict[str, Any], origin: _Origin, purpose: Purpose) -> Config:
     """Every field's own rule, then the :data:`CHECKS` that apply to ``purpose``, in order."""
     config = _build(Config, data, prefix="", origin=origin)
+    absolute_recipe_paths(config)  # ~ and $VAR expanded, and a run's config.yaml names its files from anywhere
     for check in CHECKS:
         if purpose in check.purposes:
             message = check.test(config)

@@ -64,3 +64,39 @@ def test_every_float_field_refuses_non_finite_values_at_load(tmp_path, capsys):
     recipe.write_text("train:\n  lr: .inf\n")
     assert cli_main(["train", str(recipe), "--work-dir", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err.strip() == f"nlseg train: error: {recipe}: train.lr must be a finite number > 0, got inf"
+
+
+def test_home_in_every_path_option_is_expanded(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import yaml
+    from PIL import Image
+    from test_trainer import write_recipe
+
+    from nlseg.cli import main as cli_main
+    from nlseg.config import load_config
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    write_recipe(home / "r.yaml", iters=1, checkpoint_interval=1)
+    # work dir (also in --flag=~/... form, which no shell expands), recipe file, model.init_from
+    assert cli_main(["train", "$HOME/r.yaml", "--work-dir=~/w"]) == 0
+    assert (home / "w" / "last.pt").is_file()
+    assert cli_main(["train", "~/r.yaml", "--work-dir", "$HOME/w2", "--set", "model.init_from=~/w/last.pt"]) == 0
+    saved = yaml.safe_load((home / "w2" / "config.yaml").read_text())
+    assert saved["model"]["init_from"] == str(home / "w" / "last.pt")
+    # checkpoint, input and output of predict; --out and --export-dir of eval
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(home / "photo.png")
+    assert cli_main(["predict", "~/r.yaml", "--checkpoint", "~/w/last.pt", "--input", "$HOME/photo.png",
+                     "--output", "~/pred", "--device", "cpu"]) == 0
+    assert (home / "pred" / "photo.png").is_file()
+    assert cli_main(["eval", "~/r.yaml", "--checkpoint", "${HOME}/w/last.pt", "--out", "~/m.json",
+                     "--export-dir", "~/exp", "--device", "cpu"]) == 0
+    assert (home / "m.json").is_file() and any((home / "exp").iterdir())
+    assert not any(cwd.iterdir())  # no folder named "~" or "$HOME" here
+    # every path field of a recipe
+    cfg = load_config(home / "r.yaml", ["data.root=$HOME/data", "model.pretrained_backbone=~/weights.pt"])
+    assert cfg.data.root == str(home / "data") and cfg.model.pretrained_backbone == str(home / "weights.pt")
+    assert "Traceback" not in capsys.readouterr().err

@@ -10,19 +10,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir, pixels
+from nlseg.cli.common import add_device, add_recipe, check_output_dir, path_arg, pixels
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a checkpoint")
     add_recipe(p)
-    p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
     p.add_argument(
-        "--input", required=True, nargs="+", metavar="PATH",
+        "--checkpoint", required=True, type=path_arg,
+        help="an nlseg checkpoint (best.pt or last.pt of a work dir)",
+    )
+    p.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH", type=path_arg,
         help="images, or folders of images (the image files directly inside; other files are passed over)",
     )
     p.add_argument(
-        "--output", required=True,
+        "--output", required=True, type=path_arg,
         help="folder for index PNGs, colour PNGs and overlays; refused when an output would replace an input",
     )
     p.add_argument(
