@@ -1,0 +1,47 @@
+"""A work dir survives what happens to real runs: moved folders, umasks, kills mid-save, torn metrics,
+damaged checkpoints, a full disk, a failed start, a second run on the same dir."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+from test_trainer import write_recipe
+
+from nlseg.cli import main as cli_main
+from nlseg.engine.checkpoint import load_checkpoint
+
+
+def folder_data(root: Path, n: int = 4, size: int = 16) -> Path:
+    """A tiny data set in the folder layout (train split only), two classes."""
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        for kind, array in (("images", rng.integers(0, 256, (size, size, 3), dtype=np.uint8)),
+                            ("labels", rng.integers(0, 2, (size, size), dtype=np.uint8))):
+            (root / kind / "train").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / kind / "train" / f"x{i}.png")
+    return root
+
+
+def folder_recipe(path: Path, root: str | Path, **train_opts) -> Path:
+    """:func:`test_trainer.write_recipe` (tiny fcn_r18, CPU, no evaluation) on a folder data set at ``root``."""
+    recipe = yaml.safe_load(write_recipe(path, **train_opts).read_text())
+    recipe["data"] = {"dataset": "folder", "root": str(root), "crop_size": 16, "scale_range": [1.0, 1.0],
+                      "num_workers": 0, "options": {"classes": ["a", "b"]}}
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_relative_data_root_is_stored_absolute_and_resume_reads_it_from_anywhere(tmp_path, monkeypatch):
+    first, other, work = tmp_path / "first", tmp_path / "other", tmp_path / "work"
+    folder_data(first / "data")
+    (other / "data").mkdir(parents=True)  # another folder of that name, not the run's data
+    recipe = folder_recipe(tmp_path / "r.yaml", "data", iters=2, batch_size=2, checkpoint_interval=1)
+    monkeypatch.chdir(first)
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+    assert yaml.safe_load((work / "config.yaml").read_text())["data"]["root"] == str(first / "data")
+    monkeypatch.chdir(other)
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=3"]) == 0
+    assert load_checkpoint(work / "last.pt")["iteration"] == 3
+    assert yaml.safe_load((work / "config.yaml").read_text())["data"]["root"] == str(first / "data")
