@@ -2,9 +2,12 @@
 damaged checkpoints, a full disk, a failed start, a second run on the same dir."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 from test_trainer import write_recipe
@@ -45,3 +48,18 @@ def test_a_relative_data_root_is_stored_absolute_and_resume_reads_it_from_anywhe
     assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=3"]) == 0
     assert load_checkpoint(work / "last.pt")["iteration"] == 3
     assert yaml.safe_load((work / "config.yaml").read_text())["data"]["root"] == str(first / "data")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007])
+def test_run_files_honour_the_umask(tmp_path, umask):
+    recipe = write_recipe(tmp_path / "r.yaml", iters=2, checkpoint_interval=1, evaluate=True)
+    work = tmp_path / "w"
+    previous = os.umask(umask)
+    try:
+        assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+        assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=3"]) == 0  # rewrites
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in work.iterdir() if p.is_file()}
+    assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "train.log"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)

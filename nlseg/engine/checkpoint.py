@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nlseg.engine.atomic import write_atomic
 from nlseg.errors import CheckpointError
 
 __all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint"]
@@ -33,21 +33,11 @@ __all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_check
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
 
-    A crash mid-write leaves the previous file at ``path`` intact.
+    A crash mid-write leaves the previous file at ``path`` intact. The file's mode honours the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 _MAGIC = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import yaml
 
 from nlseg.config import Config, load_config
+from nlseg.engine.atomic import write_atomic
 from nlseg.errors import ConfigError, OutputError
 
 __all__ = [
@@ -65,15 +65,7 @@ def holds_run(work_dir: str | os.PathLike) -> bool:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` through a temporary file and a rename (never half written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
