@@ -63,3 +63,23 @@ def test_run_files_honour_the_umask(tmp_path, umask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in work.iterdir() if p.is_file()}
     assert {"config.yaml", "last.pt", "best.pt", "metrics.jsonl", "train.log"} <= set(modes)
     assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_unfinished_saves_of_a_killed_run_are_removed_at_the_next_start(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", iters=2, checkpoint_interval=1)
+    work = tmp_path / "w"
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+    # what a run killed inside save_checkpoint / write_text_atomic leaves
+    orphans = [work / ".last.pt.3f9a01c2.tmp", work / ".best.pt.0b1c2d3e.tmp", work / ".config.yaml.77aa88bb.tmp"]
+    for path in orphans:
+        path.write_bytes(b"PK\x03\x04 half a checkpoint")
+    mine = [work / ".notes.tmp", work / "last.pt.tmp"]  # not nlseg's names: left alone
+    for path in mine:
+        path.write_text("the user's")
+    capsys.readouterr()
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=3"]) == 0
+    assert not any(path.exists() for path in orphans) and all(path.exists() for path in mine)
+    assert set(work.glob(".*.tmp")) == {work / ".notes.tmp"}
+    out = capsys.readouterr().out
+    assert "removed 3 unfinished file(s) of a save cut off by a kill" in out
+    assert load_checkpoint(work / "last.pt")["iteration"] == 3

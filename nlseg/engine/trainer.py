@@ -47,7 +47,9 @@ from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.engine.losses import SegmentationLoss
-from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start_run, write_text_atomic
+from nlseg.engine.workdir import (
+    check_resume_changes, keep_metrics_until, remove_orphan_temps, start_run, write_text_atomic,
+)
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
 
 __all__ = [
@@ -456,6 +458,9 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         if dist_info.is_main:
             _save_config(cfg, work_dir)
     log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
+    if dist_info.is_main and (orphans := remove_orphan_temps(work_dir)):
+        log.print(f"note: removed {len(orphans)} unfinished file(s) of a save cut off by a kill: "
+                  + ", ".join(p.name for p in orphans))
 
     train_set = build_dataset(cfg, cfg.data.train_split, train=True)
     num_classes = train_set.num_classes

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from nlseg.config import Config, load_config
-from nlseg.engine.atomic import write_atomic
+from nlseg.engine.atomic import temp_name_pattern, write_atomic
 from nlseg.errors import ConfigError, OutputError
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "check_resume_changes",
     "holds_run",
     "keep_metrics_until",
+    "remove_orphan_temps",
     "resume_config",
     "start_run",
     "write_text_atomic",
@@ -66,6 +67,18 @@ def holds_run(work_dir: str | os.PathLike) -> bool:
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` through a temporary file and a rename (never half written)."""
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def remove_orphan_temps(work_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that a killed run left unfinished (``.last.pt.<random>.tmp``, ...).
+
+    Call it only while no other run writes in ``work_dir``. Returns the files removed.
+    """
+    work_dir = Path(work_dir)
+    orphans = sorted(p for name in RUN_FILES for p in work_dir.glob(temp_name_pattern(name)) if p.is_file())
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
 
 
 def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
