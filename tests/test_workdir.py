@@ -2,6 +2,7 @@
 damaged checkpoints, a full disk, a failed start, a second run on the same dir."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -83,3 +84,27 @@ def test_unfinished_saves_of_a_killed_run_are_removed_at_the_next_start(tmp_path
     out = capsys.readouterr().out
     assert "removed 3 unfinished file(s) of a save cut off by a kill" in out
     assert load_checkpoint(work / "last.pt")["iteration"] == 3
+
+
+def test_a_metrics_line_cut_off_by_a_kill_is_dropped_with_one_warning(tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", iters=4, checkpoint_interval=2, log_interval=1)
+    work = tmp_path / "w"
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+    metrics = work / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"kind": "train", "iter": 5, "lr": 0.00')  # killed mid-append
+    capsys.readouterr()
+    # reports read it
+    assert cli_main(["viz", "curves", str(work), "--out", str(tmp_path / "c.png")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dropped its last line" in err[0] and str(metrics) in err[0]
+    # resume reads it, and the file is whole again
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=6"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert [line for line in captured.out.splitlines() if "dropped its last line" in line] != []
+    assert [json.loads(line)["iter"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+    # a damaged line before the last is not a cut-off append: one error line naming the file and line
+    metrics.write_text('{"kind": "train", "iter": 1}\n{"kind": "tr\n{"kind": "train", "iter": 2}\n')
+    assert cli_main(["viz", "curves", str(work), "--out", str(tmp_path / "c.png")]) == 2
+    assert f"{metrics}, line 2: not a metrics record" in capsys.readouterr().err

@@ -487,7 +487,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         _resume(run)
         if dist_info.is_main:  # the resume is accepted: the run's values from now on
             _save_config(cfg, work_dir)
-            keep_metrics_until(log.metrics_path, run.start_iter)  # the iterations after it are redone
+            keep_metrics_until(log.metrics_path, run.start_iter, warn=log.print)  # the iterations after it are redone
         log.print(f"resumed from {run.last_path} at iteration {run.start_iter}")
     if dist_info.enabled:
         run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import yaml
 
 from nlseg.config import Config, load_config
 from nlseg.engine.atomic import temp_name_pattern, write_atomic
-from nlseg.errors import ConfigError, OutputError
+from nlseg.errors import ConfigError, NlsegError, OutputError
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -32,6 +32,7 @@ __all__ = [
     "check_resume_changes",
     "holds_run",
     "keep_metrics_until",
+    "read_metrics",
     "remove_orphan_temps",
     "resume_config",
     "start_run",
@@ -182,11 +183,43 @@ def resume_config(
     return new
 
 
-def keep_metrics_until(path: Path, iteration: int) -> None:
-    """Drop the records of ``metrics.jsonl`` after ``iteration`` (a resume redoes them), atomically."""
+def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, in file order.
+
+    A run killed while appending a record leaves a last line cut off: it is dropped, and ``warn`` gets one
+    line saying so. Any other line that is not a record is damage nlseg did not make.
+
+    Raises:
+        NlsegError: a line before the last is not a metrics record (naming the file, the line and its text).
+    """
+    lines = path.read_text(errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                warn(f"warning: {path}: dropped its last line, cut off by a run stopped while writing it "
+                     f"({line[:60]!r})")
+                break
+            record = None
+        try:
+            record["iter"] = int(record["iter"])
+            str(record["kind"])
+        except (KeyError, TypeError, ValueError):
+            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
+        records.append(record)
+    return records
+
+
+def keep_metrics_until(path: Path, iteration: int, warn: Callable[[str], None] = print) -> None:
+    """Drop the records of ``metrics.jsonl`` after ``iteration`` (a resume redoes them) and a last line cut off
+    by a kill (:func:`read_metrics`), atomically."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
-    if len(kept) != len(lines):
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [record for record in read_metrics(path, warn) if record["iter"] <= iteration]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
