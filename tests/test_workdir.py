@@ -108,3 +108,26 @@ def test_a_metrics_line_cut_off_by_a_kill_is_dropped_with_one_warning(tmp_path, 
     metrics.write_text('{"kind": "train", "iter": 1}\n{"kind": "tr\n{"kind": "train", "iter": 2}\n')
     assert cli_main(["viz", "curves", str(work), "--out", str(tmp_path / "c.png")]) == 2
     assert f"{metrics}, line 2: not a metrics record" in capsys.readouterr().err
+
+
+def test_a_damaged_best_checkpoint_is_reported_and_replaced_at_the_next_better_validation(tmp_path, monkeypatch,
+                                                                                             capsys):
+    from test_runs import ScriptedScores
+
+    from nlseg.engine import trainer
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=2, evaluate=True, eval_interval=1, checkpoint_interval=1)
+    work = tmp_path / "w"
+    monkeypatch.setattr(trainer, "evaluate", ScriptedScores([10, 50]))
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+    best = work / "best.pt"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])  # damaged (a disk error, a bad copy)
+    capsys.readouterr()
+    monkeypatch.setattr(trainer, "evaluate", ScriptedScores([40, 60]))
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=4"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and captured.err == ""
+    (warning,) = [line for line in captured.out.splitlines() if line.startswith("warning:")]
+    assert str(best) in warning and "damaged" in warning and "better than mIoU 50.00" in warning
+    state = load_checkpoint(best)  # replaced by the validation at 4 (60 > 50), not at 3 (40)
+    assert (state["iteration"], state["metrics"]["mIoU"]) == (4, 60)

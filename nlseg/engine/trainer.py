@@ -414,9 +414,14 @@ def _resume(run: Run) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.best_miou, run.best_iteration = state["best_miou"], state["best_iteration"]
     if run.best_path.is_file():  # an evaluation after the last checkpoint may have saved a better model
-        best = load_checkpoint(run.best_path, map_location="cpu")
-        if best["best_miou"] > run.best_miou:
-            run.best_miou, run.best_iteration = best["best_miou"], best["best_iteration"]
+        try:
+            best = load_checkpoint(run.best_path, map_location="cpu")
+        except CheckpointError as err:  # a resume needs only last.pt
+            run.log.print(f"warning: {str(err).split('; expected')[0]}; the run goes on from {run.last_path}, and "
+                          f"the next validation better than mIoU {run.best_miou:.2f} replaces it")
+        else:
+            if best.get("best_miou", float("-inf")) > run.best_miou:
+                run.best_miou, run.best_iteration = best["best_miou"], best["best_iteration"]
     torch.set_rng_state(state["rng"]["torch"].cpu())
 
 
