@@ -2,9 +2,11 @@
 damaged checkpoints, a full disk, a failed start, a second run on the same dir."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +133,59 @@ def test_a_damaged_best_checkpoint_is_reported_and_replaced_at_the_next_better_v
     assert str(best) in warning and "damaged" in warning and "better than mIoU 50.00" in warning
     state = load_checkpoint(best)  # replaced by the validation at 4 (60 > 50), not at 3 (40)
     assert (state["iteration"], state["metrics"]["mIoU"]) == (4, 60)
+
+
+def _assert_full_disk_stopped_cleanly(work: Path, err: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and "unexpected pos" not in err, err
+    assert lines[0].startswith(f"nlseg train: error: no space left writing {work / 'last.pt'}")
+    assert lines[0].endswith("the previous last.pt is intact")
+    assert load_checkpoint(work / "last.pt")["iteration"] == 1  # the previous checkpoint, whole
+    assert not list(work.glob(".*.tmp"))
+
+
+def test_a_full_disk_while_saving_stops_in_one_line_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    import torch
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=3, checkpoint_interval=1)
+    work = tmp_path / "w"
+    real_save, saves = torch.save, []
+
+    class FullAfter:
+        """A file that takes ``room`` bytes, then fails as a full disk does."""
+
+        def __init__(self, f, room: int) -> None:
+            self.f, self.room = f, room
+
+        def write(self, data) -> int:
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.f.write(data)
+
+        def flush(self) -> None:
+            self.f.flush()
+
+    def save(obj, f, *args, **kwargs):
+        saves.append(1)
+        return real_save(obj, f if len(saves) == 1 else FullAfter(f, 4096), *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 2
+    _assert_full_disk_stopped_cleanly(work, capsys.readouterr().err)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_real_full_disk_while_saving(tmp_path, capsys):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # a tiny run's last.pt is about 1.6 MB: room for one, not for its replacement beside it
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2560k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        recipe = write_recipe(tmp_path / "r.yaml", iters=3, checkpoint_interval=1)
+        work = disk / "w"
+        assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 2
+        _assert_full_disk_stopped_cleanly(work, capsys.readouterr().err)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

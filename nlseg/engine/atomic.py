@@ -6,13 +6,17 @@ is as readable as any other file the user writes (``tempfile.mkstemp`` would mak
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["temp_name_pattern", "write_atomic"]
+from nlseg.errors import OutputError
+
+__all__ = ["disk_full", "temp_name_pattern", "write_atomic"]
 
 
 def temp_name_pattern(name: str) -> str:
@@ -30,19 +34,48 @@ def _create_beside(path: Path) -> tuple[int, Path]:
             continue
 
 
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` comes from a full disk or quota, also when a writer wrapped that OSError in its own error
+    (``torch.save`` ends in ``RuntimeError: ... unexpected pos``, with the OSError as its context)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Replace ``path`` by what ``write(f)`` writes into a binary file, all at once.
 
     A failure or a crash while writing leaves the previous file at ``path`` as it was.
+
+    Raises:
+        OutputError: the disk (or the user's quota) is full; the message says the previous file is intact.
     """
     path = Path(path)
-    fd, tmp = _create_beside(path)
+    existed = path.exists()
+    try:
+        fd, tmp = _create_beside(path)
+    except OSError as err:
+        if disk_full(err):
+            raise _no_space(path, existed) from None
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if disk_full(err):
+            raise _no_space(path, existed) from None
         raise
+
+
+def _no_space(path: Path, existed: bool) -> OutputError:
+    free = shutil.disk_usage(path.parent).free
+    kept = f"the previous {path.name} is intact" if existed else f"no {path.name} was written"
+    return OutputError(f"no space left writing {path} ({free / 2**20:.1f} MiB free in {path.parent}); {kept}")
