@@ -189,3 +189,28 @@ def test_a_real_full_disk_while_saving(tmp_path, capsys):
         _assert_full_disk_stopped_cleanly(work, capsys.readouterr().err)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_is_started_again_in_the_same_folder(tmp_path, capsys):
+    root, work = folder_data(tmp_path / "data"), tmp_path / "w"
+    labels = sorted((root / "labels" / "train").iterdir())
+    good = {path: path.read_bytes() for path in labels}
+    for path in labels:  # value 7 with classes a, b: the first batch stops the run
+        Image.fromarray(np.full((16, 16), 7, np.uint8)).save(path)
+    recipe = folder_recipe(tmp_path / "r.yaml", root, iters=2, batch_size=2, checkpoint_interval=1, log_interval=1)
+    argv = ["train", str(recipe), "--work-dir", str(work)]
+    assert cli_main(argv) == 2
+    assert "label" in capsys.readouterr().err
+    assert {p.name for p in work.iterdir()} >= {"config.yaml", "train.log"} and not (work / "last.pt").exists()
+    for path, data in good.items():  # the user fixes the labels and runs the same command
+        path.write_bytes(data)
+    assert cli_main(argv) == 0
+    captured = capsys.readouterr()
+    (note,) = [line for line in captured.out.splitlines() if line.startswith("note:")]
+    assert str(work) in note and "config.yaml" in note and "before its first checkpoint" in note
+    assert load_checkpoint(work / "last.pt")["iteration"] == 2
+    assert [json.loads(line)["iter"] for line in (work / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # a folder with a checkpoint is still a run: refused, naming what it holds
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a run (config.yaml, last.pt, metrics.jsonl, train.log)" in err

@@ -398,7 +398,8 @@ def _resume(run: Run) -> None:
     if not run.last_path.is_file():
         raise CheckpointError(
             f"--resume: {run.last_path} does not exist (the run stopped before its first checkpoint); "
-            f"start it again with --overwrite"
+            f"start it again (the folder is reused): nlseg train {run.work_dir / 'config.yaml'} "
+            f"--work-dir {run.work_dir}"
         )
     state = load_checkpoint(run.last_path, map_location=run.device)
     check_compatible(state, model_name=run.cfg.model.name, num_classes=len(run.class_names), path=run.last_path)
@@ -456,13 +457,16 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     tcfg = cfg.train
     dist_info, device = init_distributed(tcfg.device)
     work_dir = Path(work_dir)
+    notes: list[str] = []
     if not resume:
         if dist_info.is_main:
-            start_run(work_dir, overwrite=overwrite)  # refuses, or moves an old run aside
+            start_run(work_dir, overwrite=overwrite, note=notes.append)  # refuses, or moves an old run aside
         _barrier(dist_info)
         if dist_info.is_main:
             _save_config(cfg, work_dir)
     log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
+    for line in notes:
+        log.print(line)
     if dist_info.is_main and (orphans := remove_orphan_temps(work_dir)):
         log.print(f"note: removed {len(orphans)} unfinished file(s) of a save cut off by a kill: "
                   + ", ".join(p.name for p in orphans))

@@ -61,8 +61,10 @@ else would make the continued run a different experiment."""
 
 
 def holds_run(work_dir: str | os.PathLike) -> bool:
-    """Whether ``work_dir`` holds a run (its ``config.yaml`` or ``last.pt``)."""
-    return any((Path(work_dir) / name).exists() for name in ("config.yaml", "last.pt"))
+    """Whether ``work_dir`` holds a run: a checkpoint (``last.pt`` or ``best.pt``). A start that stopped
+    before its first checkpoint (a broken label in the first batch) leaves only its ``config.yaml`` and
+    logs: there is nothing to continue, and a new start reuses the folder (:func:`start_run`)."""
+    return any((Path(work_dir) / name).exists() for name in ("last.pt", "best.pt"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -82,12 +84,18 @@ def remove_orphan_temps(work_dir: str | os.PathLike) -> list[Path]:
     return orphans
 
 
-def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+def start_run(
+    work_dir: str | os.PathLike, *, overwrite: bool = False, note: Callable[[str], None] = print
+) -> Path | None:
     """Make ``work_dir`` ready for a new run.
+
+    A folder left by a start without any checkpoint is reused, with one line to ``note``: its ``train.log``
+    goes on (it holds that start's lines), its ``metrics.jsonl`` starts afresh (iterations never saved).
 
     Args:
         work_dir: the run's folder (created if needed).
         overwrite: move a run found there into ``work_dir/previous-<date>-<time>/`` instead of refusing.
+        note: receives the line about a reused folder.
 
     Returns:
         the folder the previous run was moved to, or None when there was none.
@@ -97,11 +105,17 @@ def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path |
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    present = [name for name in RUN_FILES if (work_dir / name).exists()]
     if not holds_run(work_dir):
+        if present:
+            note(f"note: {work_dir} holds {', '.join(present)} of a start that stopped before its first checkpoint; "
+                 "the new run reuses the folder")
+            if (work_dir / "metrics.jsonl").exists():
+                write_text_atomic(work_dir / "metrics.jsonl", "")
         return None
     if not overwrite:
         raise OutputError(
-            f"--work-dir {work_dir} holds a run (config.yaml, last.pt); continue it with "
+            f"--work-dir {work_dir} holds a run ({', '.join(present)}); continue it with "
             f"`nlseg train --work-dir {work_dir} --resume`, choose another --work-dir, or pass --overwrite "
             f"to move it aside into {work_dir}/previous-<date>-<time>/"
         )
