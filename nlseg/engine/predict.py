@@ -179,7 +179,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathL
 
     Raises:
         OutputError: a planned output is one of the input files (the same file, also through a link or a
-            case-insensitive file system).
+            case-insensitive file system), or a symbolic link (never written through).
     """
     inputs = [Path(p) for p in inputs]
     output_dir = Path(output_dir)
@@ -194,6 +194,11 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathL
     for path, name in zip(inputs, _output_names(inputs)):
         files = PredictionFiles(path, *(output_dir / f"{name}{kind}.png" for kind in _KINDS))
         for out in files.outputs:
+            if out.is_symlink():
+                raise OutputError(
+                    f"output {out} is a symbolic link (to {os.readlink(out)}); nlseg never writes through a link: "
+                    "remove it or choose another --output"
+                )
             try:
                 stat = out.stat()
             except OSError:

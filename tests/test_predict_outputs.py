@@ -1,0 +1,27 @@
+"""``nlseg predict`` and the files around it: links in the output folder, odd names, shared stems,
+resuming a large job."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_predict import _one_error_line, _photo, _predict, tiny  # noqa: F401 - the fixture
+
+
+def test_an_output_name_taken_by_a_symlink_is_refused_before_any_work(tiny, tmp_path: Path, capsys):  # noqa: F811
+    images, out, elsewhere = tmp_path / "images", tmp_path / "out", tmp_path / "elsewhere"
+    for folder in (images, out, elsewhere):
+        folder.mkdir()
+    _photo(images / "a.png", 12, 16, seed=0)
+    _photo(images / "b.png", 12, 16, seed=1)
+    precious = elsewhere / "thesis.png"
+    precious.write_bytes(b"years of work")
+    (out / "b_color.png").symlink_to(precious)
+    assert _predict(tiny, "--input", str(images), "--output", str(out)) == 2
+    _one_error_line(capsys, str(out / "b_color.png"), "symbolic link", str(precious))
+    assert precious.read_bytes() == b"years of work"
+    assert sorted(p.name for p in out.iterdir()) == ["b_color.png"]  # nothing predicted, not even a.png
+    (out / "b_color.png").unlink()
+    (out / "a_overlay.png").symlink_to(tmp_path / "missing.png")  # a dangling link would create its target
+    assert _predict(tiny, "--input", str(images), "--output", str(out)) == 2
+    _one_error_line(capsys, str(out / "a_overlay.png"), "symbolic link")
+    assert not (tmp_path / "missing.png").exists()
