@@ -25,3 +25,26 @@ def test_an_output_name_taken_by_a_symlink_is_refused_before_any_work(tiny, tmp_
     assert _predict(tiny, "--input", str(images), "--output", str(out)) == 2
     _one_error_line(capsys, str(out / "a_overlay.png"), "symbolic link")
     assert not (tmp_path / "missing.png").exists()
+
+
+def test_an_image_named_with_leading_dots_is_a_png_like_any_other(tiny, tmp_path: Path, capsys):  # noqa: F811
+    import numpy as np
+    from PIL import Image
+
+    from test_predict import _segmenter
+
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(images / "...png", format="PNG")  # PIL finds no extension in the name itself
+    _photo(images / "x.png", 12, 16, seed=1)
+    (images / ".hidden.png").write_bytes(b"a dotfile, passed over")
+    assert _predict(tiny, "--input", str(images), "--output", str(out)) == 0  # found in a folder
+    assert "predicted 2 of 2" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{kind}.png" for stem in ("..", "x") for kind in ("", "_color", "_overlay"))
+    expected = _segmenter(tiny[1]).predict(images / "...png").numpy()
+    assert np.array_equal(np.array(Image.open(out / "...png")), expected)
+    assert _predict(tiny, "--input", str(images / "...png"), "--output", str(tmp_path / "one")) == 0  # named directly
+    assert "Traceback" not in capsys.readouterr().err
+    assert np.array_equal(np.array(Image.open(tmp_path / "one" / "...png")), expected)

@@ -115,14 +115,15 @@ class PredictSummary:
 
 
 def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+    """A dotfile: one leading dot (``.DS_Store``, ``._a.jpg``, ``.a.png``). ``...png`` is a PNG like any other."""
+    return path.name.startswith(".") and not path.name.startswith("..")
 
 
 def collect_images(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     """The image files named by ``sources``: files as given, folders by the images directly inside them.
 
     In a folder, the files with an image extension (:data:`IMAGE_SUFFIXES`, any case) that are not
-    hidden are images, in sorted order; the other files (``notes.txt``, ``.DS_Store``, ``._a.jpg``) are
+    dotfiles are images, in sorted order; the other files (``notes.txt``, ``.DS_Store``, ``._a.jpg``) are
     not. A file named directly is always an input. A file named twice is taken once.
 
     Returns:
@@ -292,7 +293,7 @@ def predict_paths(
         for image, path in zip((segmenter.index_image(pred), Image.fromarray(color), Image.fromarray(overlay)),
                                files.outputs):
             try:
-                image.save(path)
+                image.save(path, format="PNG")  # not from the name: PIL finds no extension in "..png"
             except OSError as err:
                 raise OutputError(f"cannot write {path} ({err.strerror or err})") from None
         summary.predicted.append(files.input)
