@@ -48,3 +48,25 @@ def test_an_image_named_with_leading_dots_is_a_png_like_any_other(tiny, tmp_path
     assert _predict(tiny, "--input", str(images / "...png"), "--output", str(tmp_path / "one")) == 0  # named directly
     assert "Traceback" not in capsys.readouterr().err
     assert np.array_equal(np.array(Image.open(tmp_path / "one" / "...png")), expected)
+
+
+def test_skip_existing_resumes_an_interrupted_job_and_the_bar_counts_the_skipped(tiny, tmp_path: Path,  # noqa: F811
+                                                                                 capsys):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for i, stem in enumerate("abc"):
+        _photo(images / f"{stem}.png", 12, 16, seed=i)
+    assert _predict(tiny, "--input", str(images), "--output", str(out)) == 0
+    capsys.readouterr()
+    # killed while writing c's outputs: c.png written, c_color.png half done (its temporary file), no overlay
+    (out / "c_color.png").unlink()
+    (out / "c_overlay.png").unlink()
+    (out / ".c_color.png.5e3a9c1f.tmp").write_bytes(b"\x89PNG half")
+    done = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name[0] in "ab"}
+    assert _predict(tiny, "--input", str(images), "--output", str(out), "--skip-existing") == 0
+    captured = capsys.readouterr()
+    assert "predicted 1 of 3 image(s), skipped 2 whose outputs exist: 3 files in" in captured.out
+    assert "3/3" in captured.err and "skipped=2" in captured.err  # the bar counts every input
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}{kind}.png" for stem in "abc" for kind in ("", "_color", "_overlay"))
+    assert {name: (out / name).stat().st_mtime_ns for name in done} == done  # a and b untouched

@@ -1,4 +1,5 @@
-"""``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]``.
+"""``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]
+[--skip-existing]``.
 
 Writes ``<name>.png`` (train ids, palette), ``<name>_color.png`` and ``<name>_overlay.png`` per image;
 ``<name>`` is the image's stem, or ``<stem>_<extension>`` when several inputs share a stem. Exit status:
@@ -34,6 +35,11 @@ def add_parser(sub) -> None:
         "(nearest neighbour) to the image's size; bounds time and memory on large photos (default: full size)",
     )
     p.add_argument(
+        "--skip-existing", action="store_true",
+        help="pass over the images whose three outputs exist in --output (resume an interrupted job; outputs are "
+        "written whole or not at all, so an existing one is complete)",
+    )
+    p.add_argument(
         "--strict", action="store_true",
         help="stop at the first image that cannot be read (exit 2) instead of reporting it and going on",
     )
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if passed_over:
         names = ", ".join(p.name for p in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
         print(f"passed over {len(passed_over)} file(s) that are not images: {names}", file=sys.stderr)
-    summary = predict_paths(segmenter, inputs, output, max_size=args.max_size, strict=args.strict)
+    summary = predict_paths(segmenter, inputs, output, max_size=args.max_size, strict=args.strict,
+                            skip_existing=args.skip_existing)
     print(summary.describe())
     return 1 if summary.failed else 0

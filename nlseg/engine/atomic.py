@@ -46,10 +46,11 @@ def disk_full(err: BaseException) -> bool:
     return False
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, sync: bool = True) -> None:
     """Replace ``path`` by what ``write(f)`` writes into a binary file, all at once.
 
-    A failure or a crash while writing leaves the previous file at ``path`` as it was.
+    A failure or a kill while writing leaves the previous file at ``path`` as it was; with ``sync`` (fsync
+    before the rename) a power cut does too.
 
     Raises:
         OutputError: the disk (or the user's quota) is full; the message says the previous file is intact.
@@ -66,7 +67,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
