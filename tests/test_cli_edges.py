@@ -63,7 +63,8 @@ def test_every_float_field_refuses_non_finite_values_at_load(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train:\n  lr: .inf\n")
     assert cli_main(["train", str(recipe), "--work-dir", str(tmp_path / "w")]) == 2
-    assert capsys.readouterr().err.strip() == f"nlseg train: error: {recipe}: train.lr must be a finite number > 0, got inf"
+    expected = f"nlseg train: error: {recipe}: train.lr must be a finite number > 0, got inf"
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_home_in_every_path_option_is_expanded(tmp_path, monkeypatch, capsys):
@@ -100,3 +101,52 @@ def test_home_in_every_path_option_is_expanded(tmp_path, monkeypatch, capsys):
     cfg = load_config(home / "r.yaml", ["data.root=$HOME/data", "model.pretrained_backbone=~/weights.pt"])
     assert cfg.data.root == str(home / "data") and cfg.model.pretrained_backbone == str(home / "weights.pt")
     assert "Traceback" not in capsys.readouterr().err
+
+
+class _RunsCode:
+    """What a malicious pickle holds: loading it with weights_only=False would call print."""
+
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("payload", ["namespace", "code", "legacy", "raw pickle"])
+def test_a_file_refused_by_safe_loading_gets_only_nlsegs_line_on_every_load_path(tmp_path, capsys, payload):
+    import argparse
+    import pickle
+
+    import torch
+    from test_trainer import write_recipe
+
+    from nlseg.cli import main as cli_main
+
+    weights = {"conv1.weight": torch.zeros(2)}
+    extra = _RunsCode() if payload in ("code", "raw pickle") else argparse.Namespace(lr=0.1)
+    bad = tmp_path / "bad.pth"
+    if payload == "raw pickle":
+        bad.write_bytes(pickle.dumps({"model": weights, "state_dict": weights, "extra": extra}, protocol=4))
+    else:
+        torch.save({"model": weights, "state_dict": weights, "extra": extra}, bad,
+                   _use_new_zipfile_serialization=payload != "legacy")
+    recipe = write_recipe(tmp_path / "r.yaml", iters=1)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")  # never read: the checkpoint is refused first
+    paths = {
+        "checkpoint": ["predict", str(recipe), "--checkpoint", str(bad), "--input", str(image), "--output",
+                       str(tmp_path / "o")],
+        "init_from": ["train", str(recipe), "--work-dir", str(tmp_path / "w1"), "--set", f"model.init_from={bad}"],
+        "weights file": ["train", str(recipe), "--work-dir", str(tmp_path / "w2"), "--set",
+                         f"model.pretrained_backbone={bad}"],
+        "released file": ["convert", "ann-backbone", str(bad), "--out", str(tmp_path / "c.pt")],
+    }
+    for what, argv in paths.items():
+        assert cli_main(argv) == 2, what
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1, (what, captured.err)
+        assert str(bad) in lines[0] and "no code is executed" in lines[0], (what, lines[0])
+        if what in ("weights file", "released file") and payload != "raw pickle":  # what the file is
+            assert f"{what} {bad}" in lines[0]
+        for torch_words in ("weights_only", "trust", "Weights only load failed", "pickle protocol", "safe_globals"):
+            assert torch_words not in captured.err, (what, captured.err)
+        assert "code ran" not in captured.out
