@@ -214,3 +214,70 @@ def test_a_start_that_failed_before_its_first_checkpoint_is_started_again_in_the
     assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a run (config.yaml, last.pt, metrics.jsonl, train.log)" in err
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_live_run_holds_its_work_dir_and_a_dead_ones_lock_is_taken_over(tmp_path, capsys):
+    import signal
+    import sys
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=1, checkpoint_interval=1)
+    work = tmp_path / "w"
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 0
+    last = (work / "last.pt").read_bytes()
+    # another run (here a stand-in process that holds the lock as nlseg train does) is live in the work dir
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(work / "train.lock")], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        for argv in (["train", "--work-dir", str(work), "--resume", "--set", "train.iters=2"],
+                     ["train", str(recipe), "--work-dir", str(work), "--overwrite"]):
+            assert cli_main(argv) == 2
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and "Traceback" not in err
+            assert f"is in use by another training run (pid {holder.pid}" in err and f"kill {holder.pid}" in err
+        assert (work / "last.pt").read_bytes() == last and not list(work.glob("previous-*"))  # nothing touched
+    finally:
+        holder.send_signal(signal.SIGKILL)  # dies without a word: its pid stays in the file, its flock goes
+        holder.wait()
+    assert (work / "train.lock").read_text().strip() == str(holder.pid)
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", "train.iters=2"]) == 0
+    assert load_checkpoint(work / "last.pt")["iteration"] == 2
+    assert (work / "train.lock").read_text() == ""  # released
+
+
+@pytest.mark.slow
+def test_a_second_train_on_the_work_dir_of_a_live_run_is_refused_with_its_pid(tmp_path, capsys):
+    import signal
+    import sys
+    import time
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=100_000, checkpoint_interval=1, log_interval=1000)
+    work = tmp_path / "w"
+    first = subprocess.Popen([sys.executable, "-m", "nlseg", "train", str(recipe), "--work-dir", str(work)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (work / "last.pt").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert (work / "train.lock").read_text().strip() == str(first.pid)
+        assert cli_main(["train", "--work-dir", str(work), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"in use by another training run (pid {first.pid}" in err
+    finally:
+        first.send_signal(signal.SIGKILL)  # killed mid-run: the kernel drops its lock
+        first.wait()
+    done = load_checkpoint(work / "last.pt")["iteration"]
+    assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", f"train.iters={done + 1}"]) == 0
+    assert load_checkpoint(work / "last.pt")["iteration"] == done + 1

@@ -47,6 +47,7 @@ from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.engine.losses import SegmentationLoss
+from nlseg.engine.worklock import hold_work_dir
 from nlseg.engine.workdir import (
     check_resume_changes, keep_metrics_until, remove_orphan_temps, start_run, write_text_atomic,
 )
@@ -621,8 +622,15 @@ def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     Raises:
         TrainingDiverged: a loss became non-finite; ``last.pt`` keeps the last finite weights.
         TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` holds the iteration reached.
-        OutputError: ``work_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        OutputError: ``work_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given, or another
+            live run holds it (:func:`nlseg.engine.worklock.hold_work_dir`).
     """
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; setup() has not joined the group yet
+    with hold_work_dir(work_dir, enabled=main_process):  # refuses while a live run holds the work dir
+        return _train(cfg, work_dir, resume=resume, overwrite=overwrite)
+
+
+def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     run = setup(cfg, work_dir, resume=resume, overwrite=overwrite)
     tcfg, log = cfg.train, run.log
     metrics: dict[str, Any] = {}
