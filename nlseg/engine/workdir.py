@@ -6,7 +6,7 @@
     W/metrics.jsonl  one JSON record per logged iteration and per evaluation, each iteration once
     W/train.log      the console lines of every session of the run
     W/tb/            TensorBoard events (``train.tensorboard``)
-    W/train.lock     held by the live run, with its pid (``nlseg.engine.worklock``): one run at a time
+    W/train.lock     while a run is live: its pid, locked (``nlseg.engine.worklock``): one run at a time
 
 Training into a work dir that holds a run needs ``resume`` (continue it under its own
 ``config.yaml``) or ``overwrite`` (its files are moved aside into ``W/previous-<date>-<time>/``;

@@ -1,9 +1,9 @@
 """One training run at a time in a work dir: ``W/train.lock``, held with ``flock`` and holding the pid.
 
 A second ``nlseg train`` (new, ``--resume`` or ``--overwrite``) on a work dir that a live run holds is refused
-in one line naming the holder's pid, before it reads or moves anything there. The kernel releases a
-``flock`` when its process dies, however it dies, so a lock left by a killed run is simply taken over;
-the file itself stays (emptied when a run ends normally), harmless.
+in one line naming the holder's pid, before it reads or moves anything there. A run removes the file as it
+ends; the kernel releases a ``flock`` when its process dies, however it dies, so the file a killed run
+leaves (with its pid) is simply taken over by the next run.
 """
 from __future__ import annotations
 
@@ -40,21 +40,33 @@ def hold_work_dir(work_dir: str | os.PathLike, *, enabled: bool = True) -> Itera
         return
     path = Path(work_dir) / LOCK_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             pid = _holder(fd)
+            os.close(fd)
             raise OutputError(
                 f"--work-dir {work_dir} is in use by another training run (pid {pid}, lock {path}); wait for it to "
                 f"end or stop it{f' (kill {pid})' if pid.isdigit() else ''}, or choose another --work-dir"
             ) from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # the holder we waited for removed this file as it ended: lock the new one
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(fd, 0)
+        yield
     finally:
-        os.close(fd)  # releases the flock
+        path.unlink(missing_ok=True)  # while still held, so no one locks a file that is going away
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here, opened = path.stat(), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (opened.st_dev, opened.st_ino)
