@@ -24,6 +24,7 @@ import functools
 import importlib.util
 import inspect
 import json
+import math
 import os
 import re
 import types
@@ -36,6 +37,7 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from nlseg.errors import ConfigError
+from nlseg.paths import absolute_recipe_paths
 from nlseg.registry import Registry, UnknownName, did_you_mean
 
 __all__ = [
@@ -689,14 +691,15 @@ def _choice(value: Any, choices: tuple[str, ...], key: str, where: str) -> str:
     return value
 
 
-def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
-    """Check ``value`` against a field's annotation; ints are accepted for floats, a scalar for a ``Square`` pair."""
+def _coerce(value: Any, annotation: Any, key: str, where: str, rules: Sequence[Any] = ()) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted for floats, a scalar for a ``Square`` pair.
+    A float must be finite (``inf``, ``1e999`` and ``nan`` are refused, naming ``rules``, the allowed range)."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         base, *rules = typing.get_args(annotation)
         if any(isinstance(r, Square) for r in rules) and isinstance(value, int) and not isinstance(value, bool):
             value = [value, value]  # a square
-        value = _coerce(value, base, key, where)
+        value = _coerce(value, base, key, where, rules)
         for rule in rules:
             if not rule.allows(value):
                 raise ConfigError(f"{where}: {key} must be {rule}, got {value!r}")
@@ -731,9 +734,12 @@ def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
         return float(value)
     if annotation is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "1e-2" as a string
+            value = float(value)  # YAML 1.1 reads "1e-2" as a string
         except ValueError:
             pass
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        allowed = " ".join(["a finite number", *map(str, rules)])
+        raise ConfigError(f"{where}: {key} must be {allowed}, got {value!r}")
     if annotation in (int, float, str, bool) and not (
         isinstance(value, annotation) and not (annotation is int and isinstance(value, bool))
     ):
@@ -763,6 +769,7 @@ def _build(cls: type, data: Any, *, prefix: str, origin: _Origin):
 def _validated(data: dict[str, Any], origin: _Origin, purpose: Purpose) -> Config:
     """Every field's own rule, then the :data:`CHECKS` that apply to ``purpose``, in order."""
     config = _build(Config, data, prefix="", origin=origin)
+    absolute_recipe_paths(config)  # ~ and $VAR expanded, and a run's config.yaml names its files from anywhere
     for check in CHECKS:
         if purpose in check.purposes:
             message = check.test(config)

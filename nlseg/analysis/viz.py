@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +33,7 @@ from nlseg.errors import CheckpointError, ConfigError, NlsegError
 from nlseg.data.base import read_image
 from nlseg.data.transforms import normalization
 from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter, build_model_from_checkpoint, saved_normalize
+from nlseg.engine.workdir import read_metrics
 
 __all__ = [
     "CURVES_FIGSIZE",
@@ -293,18 +295,11 @@ def _read_metrics(work_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
         raise FileNotFoundError(f"{path} does not exist (nlseg train --work-dir {work_dir} writes it)")
     train: dict[int, dict] = {}
     val: dict[int, dict] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            kind, iteration = record["kind"], int(record["iter"])
-        except (ValueError, KeyError, TypeError):
-            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
-        if kind == "train":
-            train[iteration] = record
-        elif kind == "val":
-            val[iteration] = record
+    for record in read_metrics(path, warn=lambda line: print(line, file=sys.stderr)):
+        if record["kind"] == "train":
+            train[record["iter"]] = record
+        elif record["kind"] == "val":
+            val[record["iter"]] = record
     return dict(sorted(train.items())), dict(sorted(val.items()))
 
 

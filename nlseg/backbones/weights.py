@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from nlseg.safeload import RefusedContent, load_weights_only
 
 __all__ = ["WeightsMismatchError", "load_backbone_weights", "read_state_dict"]
 
@@ -60,11 +61,23 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         content: Any = _read_safetensors(path)
     elif suffix in TORCH_SUFFIXES:
         try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch.load fails in many ways on a bad file; name the file
+            content = load_weights_only(path)
+        except RefusedContent as refused:
+            if not refused.found:  # bytes that are no pickle of tensors, or another pickle protocol
+                raise ValueError(
+                    f"{path}: cannot read as a PyTorch weights file ({refused.detail or 'not a torch.save file'}; "
+                    "nlseg loads only tensors and plain values, no code is executed)"
+                ) from None
             raise ValueError(
-                f"{path}: cannot read as a PyTorch weights file ({type(error).__name__}: {error})"
-            ) from error
+                f"weights file {path} holds Python objects other than tensors and plain values{refused.named()}, "
+                "which nlseg refuses to load (no code is executed); save the state dict alone with "
+                "torch.save(state_dict, FILE)"
+            ) from None
+        except Exception as error:  # torch.load fails in many ways on a bad file; name the file
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{path}: cannot read as a PyTorch weights file ({type(error).__name__}: {first})"
+            ) from None
     else:
         known = (*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)
         raise ValueError(f"{path}: unknown weights format {suffix!r}; expected one of {known}")

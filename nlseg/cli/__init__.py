@@ -3,12 +3,15 @@
 One parser tree: each command is a module of this package with ``add_parser(subparsers)`` (its
 arguments, each with a help line) and ``run(args)`` (turns them into one typed call of the library).
 argparse lives only here. Every user error — an :class:`nlseg.errors.NlsegError` raised anywhere, also
-inside a DataLoader worker — is printed as one line on stderr with exit status 2, without a traceback.
+inside a DataLoader worker — is printed as one line on stderr with exit status 2, without a traceback. A
+reader that closes the pipe early (``nlseg list models | head``) ends the command quietly, status 141.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -69,12 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_freed_memory()
     try:
         status = _module(args.command).run(args)
+        sys.stdout.flush()  # a reader that closed the pipe early shows here, not at the interpreter's exit
+    except BrokenPipeError:
+        return _reader_gone()
     except BaseException as err:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
         status = exit_status(err)
         if status is None:
             raise
         print(f"nlseg {args.command}: {error_line(err)}", file=sys.stderr)
     return int(status or 0)
+
+
+def _reader_gone() -> int:
+    """``nlseg list models | head``: the reader closed the pipe. Stop quietly, as Unix tools do (killed by
+    SIGPIPE, status 141); stdout goes to /dev/null so that the interpreter's last flush does not complain."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_recipe
+from nlseg.cli.common import add_recipe, path_arg
 from nlseg.errors import ConfigError
 
 TARGETS = ("ops", "blocks", "models", "table5", "train")
@@ -43,7 +43,10 @@ def _common(
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     parser.add_argument("--repeats", type=int, default=repeats, help=repeats_help)
-    parser.add_argument("--json", metavar="OUT", help="also write the records to this JSON file (a list)")
+    parser.add_argument(
+        "--json", metavar="OUT", type=path_arg,
+        help="also write the records to this JSON file (a list)",
+    )
 
 
 LARGE_GFLOPS_TEXT = "1000"

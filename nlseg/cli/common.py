@@ -1,4 +1,5 @@
-"""What several commands share: the recipe argument, ``--set``, output-path checks, error lines."""
+"""What several commands share: the recipe argument, ``--set``, path arguments (``~`` and ``$VAR`` expanded),
+output-path checks, error lines."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from nlseg.errors import NlsegError, OutputError
+from nlseg.paths import path_arg
 
 __all__ = [
     "add_device",
@@ -16,6 +18,7 @@ __all__ = [
     "check_output_file",
     "error_line",
     "exit_status",
+    "path_arg",
 ]
 
 
@@ -38,7 +41,7 @@ def add_overrides(parser: argparse.ArgumentParser, what: str = "a recipe field")
 def add_recipe(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
     """The positional recipe (a name from ``nlseg list recipes`` or a YAML file) and ``--set``."""
     parser.add_argument(
-        "recipe", nargs="?" if optional else None,
+        "recipe", nargs="?" if optional else None, type=path_arg,
         help="recipe name (see `nlseg list recipes`) or a YAML file",
     )
     add_overrides(parser)

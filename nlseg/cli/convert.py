@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_overrides, check_output_file
+from nlseg.cli.common import add_overrides, check_output_file, path_arg
 from nlseg.errors import ConfigError, OutputError
 
 FORMATS: tuple[str, ...] = ("ann-backbone", "ann", "dnl", "mmseg")
@@ -20,10 +20,13 @@ FORMAT_HELP = (
 def add_parser(sub) -> None:
     p = sub.add_parser("convert", help="convert the authors' released weight files into files nlseg loads")
     p.add_argument("format", choices=FORMATS, help=FORMAT_HELP)
-    p.add_argument("source", help="the released file (.pth)")
-    p.add_argument("--out", required=True, help="the file to write (.pt); checked writable before converting")
+    p.add_argument("source", type=path_arg, help="the released file (.pth)")
     p.add_argument(
-        "--recipe",
+        "--out", required=True, type=path_arg,
+        help="the file to write (.pt); checked writable before converting",
+    )
+    p.add_argument(
+        "--recipe", type=path_arg,
         help="recipe (name or YAML file) of the model a checkpoint is for (default: ann_r101_cityscapes for ann, "
         "denoised_nl_r101_cityscapes for dnl, HEAD_head_rDEPTH_cityscapes after the file for mmseg; not used by "
         "ann-backbone)",

@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir, check_output_file
+from nlseg.cli.common import add_device, add_recipe, check_output_dir, check_output_file, path_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation split")
     add_recipe(p)
-    p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
-    p.add_argument("--out", help="write the metrics as JSON to this file (checked writable before evaluating)")
     p.add_argument(
-        "--export-dir", help="write one prediction per image in the data set's submission format into this folder"
+        "--checkpoint", required=True, type=path_arg,
+        help="an nlseg checkpoint (best.pt or last.pt of a work dir)",
+    )
+    p.add_argument(
+        "--out", type=path_arg,
+        help="write the metrics as JSON to this file (checked writable before evaluating)",
+    )
+    p.add_argument(
+        "--export-dir", type=path_arg,
+        help="write one prediction per image in the data set's submission format into this folder",
     )
     p.add_argument("--split", help="split to evaluate (default: the recipe's data.val_split)")
     add_device(p)

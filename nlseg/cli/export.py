@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_recipe, check_output_file, pixels
+from nlseg.cli.common import add_recipe, check_output_file, path_arg, pixels
 from nlseg.errors import OutputError
 
 
@@ -25,8 +25,14 @@ def add_parser(sub) -> None:
         "is then run in onnxruntime and compared with PyTorch. Needs `pip install nlseg[onnx]`.",
     )
     add_recipe(p, optional=True)
-    p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
-    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx (checked writable first)")
+    p.add_argument(
+        "--checkpoint", required=True, type=path_arg,
+        help="an nlseg checkpoint (best.pt or last.pt of a work dir)",
+    )
+    p.add_argument(
+        "--out", required=True, type=path_arg,
+        help="the file to write, e.g. model.onnx (checked writable first)",
+    )
     p.add_argument("--format", default="onnx", help="file format; onnx is the one there is (default: onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: 18)")
     p.add_argument(

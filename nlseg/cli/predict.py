@@ -1,4 +1,5 @@
-"""``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]``.
+"""``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]
+[--skip-existing]``.
 
 Writes ``<name>.png`` (train ids, palette), ``<name>_color.png`` and ``<name>_overlay.png`` per image;
 ``<name>`` is the image's stem, or ``<stem>_<extension>`` when several inputs share a stem. Exit status:
@@ -10,25 +11,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir, pixels
+from nlseg.cli.common import add_device, add_recipe, check_output_dir, path_arg, pixels
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images with a checkpoint")
     add_recipe(p)
-    p.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
     p.add_argument(
-        "--input", required=True, nargs="+", metavar="PATH",
+        "--checkpoint", required=True, type=path_arg,
+        help="an nlseg checkpoint (best.pt or last.pt of a work dir)",
+    )
+    p.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH", type=path_arg,
         help="images, or folders of images (the image files directly inside; other files are passed over)",
     )
     p.add_argument(
-        "--output", required=True,
+        "--output", required=True, type=path_arg,
         help="folder for index PNGs, colour PNGs and overlays; refused when an output would replace an input",
     )
     p.add_argument(
         "--max-size", type=pixels, metavar="N",
         help="predict images whose long side exceeds N pixels at long side N, then enlarge the class map back "
         "(nearest neighbour) to the image's size; bounds time and memory on large photos (default: full size)",
+    )
+    p.add_argument(
+        "--skip-existing", action="store_true",
+        help="pass over the images whose three outputs exist in --output (resume an interrupted job; outputs are "
+        "written whole or not at all, so an existing one is complete)",
     )
     p.add_argument(
         "--strict", action="store_true",
@@ -53,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if passed_over:
         names = ", ".join(p.name for p in passed_over[:5]) + (", ..." if len(passed_over) > 5 else "")
         print(f"passed over {len(passed_over)} file(s) that are not images: {names}", file=sys.stderr)
-    summary = predict_paths(segmenter, inputs, output, max_size=args.max_size, strict=args.strict)
+    summary = predict_paths(segmenter, inputs, output, max_size=args.max_size, strict=args.strict,
+                            skip_existing=args.skip_existing)
     print(summary.describe())
     return 1 if summary.failed else 0

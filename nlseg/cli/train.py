@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_recipe, check_output_dir
+from nlseg.cli.common import add_recipe, check_output_dir, path_arg
 from nlseg.errors import ConfigError
 
 
@@ -15,7 +15,10 @@ def add_parser(sub) -> None:
         "next iteration and exit 143 / 130; --resume then continues exactly.",
     )
     add_recipe(p, optional=True)
-    p.add_argument("--work-dir", required=True, help="folder of the run: config.yaml, last.pt, best.pt, metrics.jsonl, train.log")
+    p.add_argument(
+        "--work-dir", required=True, type=path_arg,
+        help="folder of the run: config.yaml, last.pt, best.pt, metrics.jsonl, train.log",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--resume", action="store_true",

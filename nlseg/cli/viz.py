@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_device, add_overrides
+from nlseg.cli.common import add_device, add_overrides, path_arg
 
 TARGETS = ("attention", "predictions", "confusion", "curves")
 
@@ -22,8 +22,11 @@ def _pixel(text: str) -> tuple[int, int]:
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
     """The recipe, the checkpoint, ``--set`` and ``--device`` of the pictures that run a trained model."""
-    parser.add_argument("recipe", help="recipe name or YAML file the checkpoint was trained with")
-    parser.add_argument("--checkpoint", required=True, help="an nlseg checkpoint (best.pt or last.pt of a work dir)")
+    parser.add_argument("recipe", type=path_arg, help="recipe name or YAML file the checkpoint was trained with")
+    parser.add_argument(
+        "--checkpoint", required=True, type=path_arg,
+        help="an nlseg checkpoint (best.pt or last.pt of a work dir)",
+    )
     add_overrides(parser)
     add_device(parser)
 
@@ -38,27 +41,27 @@ def add_parser(sub) -> None:
         "after GR, A'' after LR, as Fig. 11; NL / APNB / CCNet / DANet: their map).",
     )
     _add_model(t)
-    t.add_argument("--image", required=True, help="the image file")
+    t.add_argument("--image", required=True, type=path_arg, help="the image file")
     t.add_argument("--pixel", type=_pixel, required=True, help="Y,X in image coordinates (row, column)")
-    t.add_argument("--out", help="PNG file (default attention_Y_X.png)")
+    t.add_argument("--out", type=path_arg, help="PNG file (default attention_Y_X.png)")
 
     t = targets.add_parser("predictions", help="input / prediction / overlay, one row per image",
                            description="Input / prediction / overlay, one row per image.")
     _add_model(t)
-    t.add_argument("--images", nargs="+", required=True, help="image files and/or folders of images")
-    t.add_argument("--out", required=True, help="PNG file")
+    t.add_argument("--images", nargs="+", required=True, type=path_arg, help="image files and/or folders of images")
+    t.add_argument("--out", required=True, type=path_arg, help="PNG file")
 
     t = targets.add_parser("confusion", help="the row-normalised confusion matrix of an `nlseg eval --out` JSON",
                            description="The row-normalised confusion matrix of an `nlseg eval --out` JSON.")
-    t.add_argument("--eval-json", required=True, help="the JSON written by `nlseg eval ... --out FILE`")
-    t.add_argument("--out", required=True, help="PNG file")
+    t.add_argument("--eval-json", required=True, type=path_arg, help="the JSON written by `nlseg eval ... --out FILE`")
+    t.add_argument("--out", required=True, type=path_arg, help="PNG file")
 
     t = targets.add_parser(
         "curves", help="training loss, learning rate and validation mIoU of a work dir",
         description="Training loss, learning rate and validation mIoU of a work dir's metrics.jsonl.",
     )
-    t.add_argument("work_dir", help="the work dir of an `nlseg train` run (holds metrics.jsonl)")
-    t.add_argument("--out", required=True, help="PNG file")
+    t.add_argument("work_dir", type=path_arg, help="the work dir of an `nlseg train` run (holds metrics.jsonl)")
+    t.add_argument("--out", required=True, type=path_arg, help="PNG file")
 
 
 def _device(name: str):

@@ -18,14 +18,14 @@ the state that resumes the run exactly: ``optimizer``, ``scaler`` (fp16 loss sca
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nlseg.engine.atomic import write_atomic
 from nlseg.errors import CheckpointError
+from nlseg.safeload import RefusedContent, load_weights_only
 
 __all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint"]
 
@@ -33,21 +33,11 @@ __all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_check
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same folder, fsync, then rename.
 
-    A crash mid-write leaves the previous file at ``path`` intact.
+    A crash mid-write leaves the previous file at ``path`` intact. The file's mode honours the umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 _MAGIC = {
@@ -93,11 +83,11 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     if kind is not None:
         raise CheckpointError(f"checkpoint {path} is {kind}, not a PyTorch checkpoint; {_HINT}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+        state = load_weights_only(path, map_location=map_location)
+    except RefusedContent as refused:
         raise CheckpointError(
-            f"checkpoint {path} holds Python objects other than tensors and plain values, which nlseg does not "
-            f"load (no code is executed); {_HINT}"
+            f"checkpoint {path} holds Python objects other than tensors and plain values{refused.named()}, which "
+            f"nlseg refuses to load (no code is executed); {_HINT}"
         ) from None
     except Exception as err:  # torch raises several types for a truncated or damaged file
         first = str(err).strip().split(". ")[0].splitlines()[0] if str(err).strip() else type(err).__name__

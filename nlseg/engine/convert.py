@@ -30,7 +30,6 @@ and both shapes. Three things are not one-to-one, each handled explicitly:
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from nlseg.config import Config, ConfigError, dataset_num_classes
 from nlseg.data import dataset_class
 from nlseg.errors import CheckpointError
 from nlseg.models import create_model
+from nlseg.safeload import RefusedContent, load_weights_only
 
 __all__ = [
     "FORMATS",
@@ -199,12 +199,12 @@ def read_released(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save: a zip, or a legacy pickle
         raise CheckpointError(f"{path} cannot be read as a PyTorch file (it is not a torch.save zip or pickle)")
     try:
-        with torch.serialization.safe_globals(_NUMPY_SCALARS):
-            content: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        content: Any = load_weights_only(path, allowed=_NUMPY_SCALARS)
+    except RefusedContent as refused:
         raise CheckpointError(
-            f"{path} holds Python objects other than tensors, plain values and numpy scalars, which nlseg does "
-            "not load (no code is executed); save its state dict alone with torch.save(state_dict, FILE)"
+            f"released file {path} holds Python objects other than tensors, plain values and numpy "
+            f"scalars{refused.named()}, which nlseg refuses to load (no code is executed); save its state dict alone "
+            "with torch.save(state_dict, FILE)"
         ) from None
     except Exception as err:  # torch.load fails in many ways on a file that is not a torch.save file
         raise CheckpointError(f"{path} cannot be read as a PyTorch file ({type(err).__name__})") from None

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nlseg.data.base import read_image
+from nlseg.engine.atomic import temp_name_pattern, write_atomic
 from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter
 from nlseg.errors import DatasetError, OutputError
 
@@ -103,26 +104,31 @@ class PredictSummary:
     failed: list[tuple[Path, str]] = field(default_factory=list)
     """Inputs skipped, each with the reason."""
     written: list[Path] = field(default_factory=list)
-    """Output files that exist after the run."""
+    """Output files that this run wrote."""
+    skipped: list[Path] = field(default_factory=list)
+    """Inputs passed over because their outputs existed (``skip_existing``)."""
 
     def describe(self) -> str:
-        """One line: images predicted and failed, files written."""
-        total = len(self.predicted) + len(self.failed)
-        line = f"predicted {len(self.predicted)} of {total} image(s): {len(self.written)} files in {self.output_dir}"
+        """One line: images predicted, skipped and failed, files written."""
+        total = len(self.predicted) + len(self.failed) + len(self.skipped)
+        done = f", skipped {len(self.skipped)} whose outputs exist" if self.skipped else ""
+        line = (f"predicted {len(self.predicted)} of {total} image(s){done}: {len(self.written)} files in "
+                f"{self.output_dir}")
         if self.failed:
             line += f"; {len(self.failed)} failed: {', '.join(str(path) for path, _ in self.failed)}"
         return line
 
 
 def _hidden(path: Path) -> bool:
-    return path.name.startswith(".")
+    """A dotfile: one leading dot (``.DS_Store``, ``._a.jpg``, ``.a.png``). ``...png`` is a PNG like any other."""
+    return path.name.startswith(".") and not path.name.startswith("..")
 
 
 def collect_images(sources: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
     """The image files named by ``sources``: files as given, folders by the images directly inside them.
 
     In a folder, the files with an image extension (:data:`IMAGE_SUFFIXES`, any case) that are not
-    hidden are images, in sorted order; the other files (``notes.txt``, ``.DS_Store``, ``._a.jpg``) are
+    dotfiles are images, in sorted order; the other files (``notes.txt``, ``.DS_Store``, ``._a.jpg``) are
     not. A file named directly is always an input. A file named twice is taken once.
 
     Returns:
@@ -179,7 +185,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathL
 
     Raises:
         OutputError: a planned output is one of the input files (the same file, also through a link or a
-            case-insensitive file system).
+            case-insensitive file system), or a symbolic link (never written through).
     """
     inputs = [Path(p) for p in inputs]
     output_dir = Path(output_dir)
@@ -194,6 +200,11 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], output_dir: str | os.PathL
     for path, name in zip(inputs, _output_names(inputs)):
         files = PredictionFiles(path, *(output_dir / f"{name}{kind}.png" for kind in _KINDS))
         for out in files.outputs:
+            if out.is_symlink():
+                raise OutputError(
+                    f"output {out} is a symbolic link (to {os.readlink(out)}); nlseg never writes through a link: "
+                    "remove it or choose another --output"
+                )
             try:
                 stat = out.stat()
             except OSError:
@@ -219,6 +230,7 @@ def predict_paths(
     *,
     max_size: int | None = None,
     strict: bool = False,
+    skip_existing: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> PredictSummary:
@@ -230,12 +242,17 @@ def predict_paths(
     image above :data:`LARGE_IMAGE_PIXELS` without ``max_size`` gets one warning line with its expected
     peak memory (:func:`estimate_peak_memory`).
 
+    Each output is written whole or not at all (a temporary file renamed into place), so an interrupted
+    job leaves no half-written PNG, and ``skip_existing`` resumes it: an input whose three outputs all
+    exist is passed over (the progress bar counts it). Temporary files of a killed job are removed first.
+
     Args:
         segmenter: model, class colours and inference settings.
         inputs: image files (see :func:`collect_images` for folders).
         output_dir: created when missing.
         max_size: predict images whose long side is longer at this long side (see :meth:`Segmenter.predict`).
         strict: raise at the first input that cannot be read instead of skipping it.
+        skip_existing: pass over the inputs whose three outputs exist (resume an interrupted job).
         progress: show a progress bar.
         log: receives the report lines (renamed outputs, skipped inputs, the memory warning); None: stderr.
 
@@ -253,9 +270,18 @@ def predict_paths(
     if renamed:
         say(f"inputs sharing a name are written as: {', '.join(renamed)}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    for files in plan:  # what a job killed while writing left
+        for out in files.outputs:
+            for orphan in output_dir.glob(temp_name_pattern(out.name)):
+                orphan.unlink(missing_ok=True)
     summary = PredictSummary(output_dir)
     warned = False
-    for files in tqdm(plan, desc="predict", unit="img", disable=not progress):
+    bar = tqdm(plan, desc="predict", unit="img", disable=not progress)
+    for files in bar:
+        if skip_existing and all(out.is_file() for out in files.outputs):
+            summary.skipped.append(files.input)
+            bar.set_postfix(skipped=len(summary.skipped), refresh=False)
+            continue
         try:
             rgb = read_image(files.input)  # (3, H, W)
         except DatasetError as err:
@@ -286,10 +312,14 @@ def predict_paths(
         overlay = ((photo.astype(np.uint16) + color) // 2).astype(np.uint8)
         for image, path in zip((segmenter.index_image(pred), Image.fromarray(color), Image.fromarray(overlay)),
                                files.outputs):
+            # the format not from the name (PIL finds no extension in "...png"); no fsync per file: whole after a
+            # kill, which is what --skip-existing resumes from
             try:
-                image.save(path)
+                write_atomic(path, lambda f, image=image: image.save(f, format="PNG"), sync=False)
+            except OutputError:
+                raise
             except OSError as err:
                 raise OutputError(f"cannot write {path} ({err.strerror or err})") from None
         summary.predicted.append(files.input)
-        summary.written += [path for path in files.outputs if path.is_file()]
+        summary.written += list(files.outputs)
     return summary

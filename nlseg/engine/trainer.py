@@ -48,7 +48,10 @@ from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
 from nlseg.engine.inference import prepare_for_inference
 from nlseg.engine.losses import SegmentationLoss
-from nlseg.engine.workdir import check_resume_changes, keep_metrics_until, start_run, write_text_atomic
+from nlseg.engine.worklock import hold_work_dir
+from nlseg.engine.workdir import (
+    check_resume_changes, keep_metrics_until, remove_orphan_temps, start_run, write_text_atomic,
+)
 from nlseg.errors import CheckpointError, ConfigError, NlsegError
 
 __all__ = [
@@ -397,7 +400,8 @@ def _resume(run: Run) -> None:
     if not run.last_path.is_file():
         raise CheckpointError(
             f"--resume: {run.last_path} does not exist (the run stopped before its first checkpoint); "
-            f"start it again with --overwrite"
+            f"start it again (the folder is reused): nlseg train {run.work_dir / 'config.yaml'} "
+            f"--work-dir {run.work_dir}"
         )
     state = load_checkpoint(run.last_path, map_location=run.device)
     check_compatible(state, model_name=run.cfg.model.name, num_classes=len(run.class_names), path=run.last_path)
@@ -413,9 +417,14 @@ def _resume(run: Run) -> None:
     run.scaler.load_state_dict(state["scaler"])
     run.best_miou, run.best_iteration = state["best_miou"], state["best_iteration"]
     if run.best_path.is_file():  # an evaluation after the last checkpoint may have saved a better model
-        best = load_checkpoint(run.best_path, map_location="cpu")
-        if best["best_miou"] > run.best_miou:
-            run.best_miou, run.best_iteration = best["best_miou"], best["best_iteration"]
+        try:
+            best = load_checkpoint(run.best_path, map_location="cpu")
+        except CheckpointError as err:  # a resume needs only last.pt
+            run.log.print(f"warning: {str(err).split('; expected')[0]}; the run goes on from {run.last_path}, and "
+                          f"the next validation better than mIoU {run.best_miou:.2f} replaces it")
+        else:
+            if best.get("best_miou", float("-inf")) > run.best_miou:
+                run.best_miou, run.best_iteration = best["best_miou"], best["best_iteration"]
     torch.set_rng_state(state["rng"]["torch"].cpu())
 
 
@@ -450,13 +459,19 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     tcfg = cfg.train
     dist_info, device = init_distributed(tcfg.device)
     work_dir = Path(work_dir)
+    notes: list[str] = []
     if not resume:
         if dist_info.is_main:
-            start_run(work_dir, overwrite=overwrite)  # refuses, or moves an old run aside
+            start_run(work_dir, overwrite=overwrite, note=notes.append)  # refuses, or moves an old run aside
         _barrier(dist_info)
         if dist_info.is_main:
             _save_config(cfg, work_dir)
     log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
+    for line in notes:
+        log.print(line)
+    if dist_info.is_main and (orphans := remove_orphan_temps(work_dir)):
+        log.print(f"note: removed {len(orphans)} unfinished file(s) of a save cut off by a kill: "
+                  + ", ".join(p.name for p in orphans))
 
     train_set = build_dataset(cfg, cfg.data.train_split, train=True)
     num_classes = train_set.num_classes
@@ -483,7 +498,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         _resume(run)
         if dist_info.is_main:  # the resume is accepted: the run's values from now on
             _save_config(cfg, work_dir)
-            keep_metrics_until(log.metrics_path, run.start_iter)  # the iterations after it are redone
+            keep_metrics_until(log.metrics_path, run.start_iter, warn=log.print)  # the iterations after it are redone
         log.print(f"resumed from {run.last_path} at iteration {run.start_iter}")
     if dist_info.enabled:
         run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -608,8 +623,15 @@ def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     Raises:
         TrainingDiverged: a loss became non-finite; ``last.pt`` keeps the last finite weights.
         TrainingInterrupted: SIGTERM or SIGINT; ``last.pt`` holds the iteration reached.
-        OutputError: ``work_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given.
+        OutputError: ``work_dir`` holds a run and neither ``resume`` nor ``overwrite`` is given, or another
+            live run holds it (:func:`nlseg.engine.worklock.hold_work_dir`).
     """
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; setup() has not joined the group yet
+    with hold_work_dir(work_dir, enabled=main_process):  # refuses while a live run holds the work dir
+        return _train(cfg, work_dir, resume=resume, overwrite=overwrite)
+
+
+def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) -> dict[str, Any]:
     run = setup(cfg, work_dir, resume=resume, overwrite=overwrite)
     tcfg, log = cfg.train, run.log
     metrics: dict[str, Any] = {}

@@ -6,6 +6,7 @@
     W/metrics.jsonl  one JSON record per logged iteration and per evaluation, each iteration once
     W/train.log      the console lines of every session of the run
     W/tb/            TensorBoard events (``train.tensorboard``)
+    W/train.lock     while a run is live: its pid, locked (``nlseg.engine.worklock``): one run at a time
 
 Training into a work dir that holds a run needs ``resume`` (continue it under its own
 ``config.yaml``) or ``overwrite`` (its files are moved aside into ``W/previous-<date>-<time>/``;
@@ -15,16 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from nlseg.config import Config, load_config
-from nlseg.errors import ConfigError, OutputError
+from nlseg.engine.atomic import temp_name_pattern, write_atomic
+from nlseg.errors import ConfigError, NlsegError, OutputError
 
 __all__ = [
     "RESUMABLE_KEYS",
@@ -32,6 +33,8 @@ __all__ = [
     "check_resume_changes",
     "holds_run",
     "keep_metrics_until",
+    "read_metrics",
+    "remove_orphan_temps",
     "resume_config",
     "start_run",
     "write_text_atomic",
@@ -59,29 +62,41 @@ else would make the continued run a different experiment."""
 
 
 def holds_run(work_dir: str | os.PathLike) -> bool:
-    """Whether ``work_dir`` holds a run (its ``config.yaml`` or ``last.pt``)."""
-    return any((Path(work_dir) / name).exists() for name in ("config.yaml", "last.pt"))
+    """Whether ``work_dir`` holds a run: a checkpoint (``last.pt`` or ``best.pt``). A start that stopped
+    before its first checkpoint (a broken label in the first batch) leaves only its ``config.yaml`` and
+    logs: there is nothing to continue, and a new start reuses the folder (:func:`start_run`)."""
+    return any((Path(work_dir) / name).exists() for name in ("last.pt", "best.pt"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` by ``text`` through a temporary file and a rename (never half written)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
-def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+def remove_orphan_temps(work_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files of saves that a killed run left unfinished (``.last.pt.<random>.tmp``, ...).
+
+    Call it only while no other run writes in ``work_dir``. Returns the files removed.
+    """
+    work_dir = Path(work_dir)
+    orphans = sorted(p for name in RUN_FILES for p in work_dir.glob(temp_name_pattern(name)) if p.is_file())
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans
+
+
+def start_run(
+    work_dir: str | os.PathLike, *, overwrite: bool = False, note: Callable[[str], None] = print
+) -> Path | None:
     """Make ``work_dir`` ready for a new run.
+
+    A folder left by a start without any checkpoint is reused, with one line to ``note``: its ``train.log``
+    goes on (it holds that start's lines), its ``metrics.jsonl`` starts afresh (iterations never saved).
 
     Args:
         work_dir: the run's folder (created if needed).
         overwrite: move a run found there into ``work_dir/previous-<date>-<time>/`` instead of refusing.
+        note: receives the line about a reused folder.
 
     Returns:
         the folder the previous run was moved to, or None when there was none.
@@ -91,11 +106,17 @@ def start_run(work_dir: str | os.PathLike, *, overwrite: bool = False) -> Path |
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    present = [name for name in RUN_FILES if (work_dir / name).exists()]
     if not holds_run(work_dir):
+        if present:
+            note(f"note: {work_dir} holds {', '.join(present)} of a start that stopped before its first checkpoint; "
+                 "the new run reuses the folder")
+            if (work_dir / "metrics.jsonl").exists():
+                write_text_atomic(work_dir / "metrics.jsonl", "")
         return None
     if not overwrite:
         raise OutputError(
-            f"--work-dir {work_dir} holds a run (config.yaml, last.pt); continue it with "
+            f"--work-dir {work_dir} holds a run ({', '.join(present)}); continue it with "
             f"`nlseg train --work-dir {work_dir} --resume`, choose another --work-dir, or pass --overwrite "
             f"to move it aside into {work_dir}/previous-<date>-<time>/"
         )
@@ -177,11 +198,43 @@ def resume_config(
     return new
 
 
-def keep_metrics_until(path: Path, iteration: int) -> None:
-    """Drop the records of ``metrics.jsonl`` after ``iteration`` (a resume redoes them), atomically."""
+def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, in file order.
+
+    A run killed while appending a record leaves a last line cut off: it is dropped, and ``warn`` gets one
+    line saying so. Any other line that is not a record is damage nlseg did not make.
+
+    Raises:
+        NlsegError: a line before the last is not a metrics record (naming the file, the line and its text).
+    """
+    lines = path.read_text(errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                warn(f"warning: {path}: dropped its last line, cut off by a run stopped while writing it "
+                     f"({line[:60]!r})")
+                break
+            record = None
+        try:
+            record["iter"] = int(record["iter"])
+            str(record["kind"])
+        except (KeyError, TypeError, ValueError):
+            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
+        records.append(record)
+    return records
+
+
+def keep_metrics_until(path: Path, iteration: int, warn: Callable[[str], None] = print) -> None:
+    """Drop the records of ``metrics.jsonl`` after ``iteration`` (a resume redoes them) and a last line cut off
+    by a kill (:func:`read_metrics`), atomically."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("iter", 0) <= iteration]
-    if len(kept) != len(lines):
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
+    kept = [record for record in read_metrics(path, warn) if record["iter"] <= iteration]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in kept))
