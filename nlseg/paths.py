@@ -10,10 +10,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["RECIPE_PATHS", "absolute_path", "absolute_recipe_paths", "expand_path", "path_arg"]
+__all__ = ["RECIPE_PATHS", "absolute_path", "absolute_recipe_paths", "expand_path"]
 
 RECIPE_PATHS: tuple[str, ...] = ("data.root", "model.pretrained_backbone", "model.init_from")
 """The recipe fields that name files or folders."""
+
+OR_NAMES: tuple[str, ...] = ("model.pretrained_backbone",)
+"""The path fields that may hold a name instead (a published weights file, ``nlseg list weights``): a bare word
+that names no file there stays as written."""
 
 
 def expand_path(text: str) -> str:
@@ -31,10 +35,13 @@ def absolute_recipe_paths(cfg: Any) -> None:
     for key in RECIPE_PATHS:
         section_name, name = key.split(".")
         section = getattr(cfg, section_name)
-        if getattr(section, name):
-            setattr(section, name, absolute_path(getattr(section, name)))
+        value = getattr(section, name)
+        if value and not (key in OR_NAMES and _bare_word(value)):
+            setattr(section, name, absolute_path(value))
 
 
-def path_arg(text: str) -> str:
-    """argparse ``type`` of a path argument (``--work-dir``, ``--checkpoint``, ``--input``, ``--output``, ...)."""
-    return expand_path(text)
+def _bare_word(text: str) -> bool:
+    """No folder in it, no ``~`` or ``$``, and no such file here: a name, not a path."""
+    seps = (os.sep, os.altsep or os.sep)
+    return not any(c in text for c in (*seps, "~", "$")) and not os.path.exists(text)
+

@@ -98,6 +98,11 @@ class Registry(Mapping[str, T], Generic[T]):
             )
         return self._items[name]
 
+    def close(self, name: str, n: int = 3) -> list[str]:
+        """Up to ``n`` registered names that look like ``name`` (case aside), closest first."""
+        lowered = {known.lower(): known for known in self._filled}
+        return [lowered[m] for m in difflib.get_close_matches(str(name).lower(), lowered, n=n, cutoff=0.5)]
+
     def names(self, *, sort: bool = False) -> list[str]:
         """The registered names, in registration order or sorted."""
         return sorted(self._filled) if sort else list(self._filled)

@@ -25,7 +25,7 @@ class RefusedContent(Exception):
     instructions that are not theirs (another pickle protocol, or bytes that are no pickle at all).
 
     Attributes:
-        found: the first refused object's name as the file spells it (``argparse.Namespace``), or "".
+        found: the first refused object's name as the file spells it (``pathlib.PosixPath``), or "".
         detail: what the unpickler stopped at, in its words without its advice (``Unsupported operand 149``).
     """
 
@@ -34,7 +34,7 @@ class RefusedContent(Exception):
         self.found, self.detail = found, detail
 
     def named(self) -> str:
-        """`` (argparse.Namespace)`` when the refused object is known, else "", for a message."""
+        """`` (pathlib.PosixPath)`` when the refused object is known, else "", for a message."""
         return f" ({self.found})" if self.found else ""
 
 

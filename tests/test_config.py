@@ -7,7 +7,7 @@ import yaml
 
 from conftest import tiered
 
-import nlseg.config as config_module
+import nlseg.config.checks as config_module
 from nlseg.config import CHECKS, Config, ConfigError, field_rules, list_recipes, load_config
 from nlseg.models import create_model, list_models, model_options
 
@@ -296,7 +296,7 @@ def test_data_root_is_checked_when_the_data_is_needed(recipe, tmp_path, monkeypa
 
 def test_a_required_data_set_option_must_be_set(recipe, monkeypatch):
     """A data set whose constructor has an option without default (the folder data set's ``classes``)."""
-    import nlseg.data
+    from nlseg.registry import DATASETS
 
     class Folder:
         splits = ("train", "val")
@@ -304,8 +304,8 @@ def test_a_required_data_set_option_must_be_set(recipe, monkeypatch):
         def __init__(self, root: str, split: str, transform=None, *, classes: list[str], ignore_index: int = 255):
             pass
 
-    known = nlseg.data.dataset_class
-    monkeypatch.setattr(nlseg.data, "dataset_class", lambda name: Folder if name == "mine" else known(name))
+    DATASETS.names()  # filled first, then the stand-in added for this test only
+    monkeypatch.setitem(DATASETS._items, "mine", Folder)
     with pytest.raises(ConfigError, match=r"data\.options\.classes is required by the mine data set and is not set"):
         load_config(recipe, ["data.dataset=mine", "data.options={}"])
     with pytest.raises(ConfigError, match=r"data\.options\.clases is not an option of the mine data set \(did you mean 'classes'\?\); its options: classes, ignore_index"):

@@ -17,6 +17,7 @@ from nlseg.cli import main as cli_main
 from nlseg.config import load_config
 from nlseg.engine import trainer
 from nlseg.engine.checkpoint import load_checkpoint
+from nlseg.engine.interrupt import stop_workers
 from nlseg.engine.trainer import setup, train, train_step
 
 
@@ -84,7 +85,7 @@ def test_channels_last_reaches_the_weights_and_the_batches(tmp_path):
     run.net = _Recorder(run.net, seen)
     train_step(run, 0)
     assert seen == [True]
-    trainer._stop_workers(run)
+    stop_workers(run)
     run.log.close()
 
 

@@ -145,7 +145,7 @@ def test_diverging_run_stops_with_message_and_keeps_finite_checkpoint(tmp_path, 
 def test_gradient_accumulation_consumes_the_same_samples(tmp_path):
     """batch 4 in 2 micro-batches of 2 reads the same serials as one batch of 4."""
     from nlseg.engine.distributed import DistInfo
-    from nlseg.engine.trainer import IterationSampler
+    from nlseg.engine.sampling import IterationSampler
 
     cfg = load_config(write_recipe(tmp_path / "r.yaml", iters=3)).train
     one = list(IterationSampler(8, cfg, start_iter=0, dist_info=DistInfo()))

@@ -119,7 +119,7 @@ def register(monkeypatch: pytest.MonkeyPatch, server: Server, body: bytes) -> We
     filename = f"tiny-{digest[:8]}.pth"
     server.files[filename] = body
     entry = WeightsEntry("test-tiny", server.url(filename), digest, "resnet18", "deep", "MIT", "this test")
-    monkeypatch.setitem(hub.WEIGHTS, entry.name, entry)
+    monkeypatch.setitem(hub.WEIGHTS._items, entry.name, entry)
     return entry
 
 
@@ -262,7 +262,7 @@ def test_mmcv_stem_names_are_renamed_into_nlsegs(server, cache, monkeypatch, tmp
     buffer = io.BytesIO()
     torch.save({"state_dict": theirs}, buffer)
     entry = register(monkeypatch, server, buffer.getvalue())
-    monkeypatch.setitem(hub.WEIGHTS, "test-tiny", WeightsEntry(**{**entry.__dict__, "renames": hub._MMCV_STEM}))
+    monkeypatch.setitem(hub.WEIGHTS._items, "test-tiny", WeightsEntry(**{**entry.__dict__, "renames": hub._MMCV_STEM}))
     load_backbone_weights(model, "test-tiny")
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, ours[key], rtol=0, atol=0, msg=key)

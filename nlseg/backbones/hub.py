@@ -21,7 +21,6 @@ server); the file name stays the publisher's.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import http.client
 import os
@@ -89,6 +88,10 @@ class WeightsEntry:
     size_mib: float | None = None
     renames: tuple[tuple[str, str], ...] = ()
 
+    def offline_error(self) -> str | None:
+        """One line when downloading is forbidden (offline) and the file is not cached, else None."""
+        return missing_offline(self.name)
+
     @property
     def filename(self) -> str:
         """The publisher's file name, under which the file is cached."""
@@ -155,9 +158,7 @@ def list_weights() -> list[str]:
 
 def close_names(value: str, n: int = 3) -> list[str]:
     """Names of :data:`WEIGHTS` that look like ``value`` (for error messages)."""
-    lowered = {name.lower(): name for name in WEIGHTS}
-    matches = difflib.get_close_matches(str(value).lower(), lowered, n=n, cutoff=0.5)
-    return [lowered[m] for m in matches]
+    return WEIGHTS.close(value, n)
 
 
 def weights_entry(name: str) -> WeightsEntry:

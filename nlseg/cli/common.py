@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from nlseg.errors import NlsegError, OutputError
-from nlseg.paths import path_arg
+from nlseg.paths import expand_path
 
 __all__ = [
     "add_device",
@@ -20,6 +20,12 @@ __all__ = [
     "exit_status",
     "path_arg",
 ]
+
+
+def path_arg(text: str) -> str:
+    """The parser ``type`` of a path argument (``--work-dir``, ``--checkpoint``, ``--input``, ``--output``, ...):
+    ``~`` and ``$VAR`` expanded."""
+    return expand_path(text)
 
 
 def pixels(text: str) -> int:

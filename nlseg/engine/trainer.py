@@ -4,13 +4,10 @@ Read it in three parts: :func:`setup` builds a :class:`Run` (work dir, data, mod
 :func:`train_step` does one optimiser step, and :func:`train` is the loop around it (log, evaluate,
 checkpoint, stop on SIGTERM / Ctrl-C).
 
-Reproducibility is by construction, not by saved generator states alone: the k-th sample the run
-consumes (its *serial*) is ``permutation_e[k mod len]`` with the epoch permutation drawn from
-``(seed, epoch)``, its augmentation is drawn from a generator seeded by ``(seed, serial)``, the
-model's own randomness (dropout) is reseeded from ``(seed, rank, iteration)`` at every step, and the
-learning rate is a function of the iteration. So a run resumed from ``last.pt`` at iteration t sees
-exactly the batches and dropout masks that the uninterrupted run saw from t on, whatever the number
-of data-loading workers.
+The objects a run works with come from :mod:`nlseg.engine.build`. Reproducibility is by construction:
+the samples and their augmentation follow from the seed and the sample's serial (:mod:`nlseg.engine.sampling`),
+dropout is reseeded from ``(seed, rank, iteration)`` at every step, and the learning rate is a function of the
+iteration, so a run resumed from ``last.pt`` at iteration t sees exactly what the uninterrupted run saw from t on.
 
 Speed switches that leave the function alone: ``train.channels_last`` keeps weights and batches in NHWC
 layout, ``train.compile`` runs the training forward through ``torch.compile`` (of the DDP wrapper under
@@ -21,11 +18,9 @@ on them and a run may be resumed with them changed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -38,16 +33,29 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from nlseg.config import Config, TrainConfig
+from nlseg.config import Config
 from nlseg.data.build import build_dataset
-from nlseg.data.transforms import collate
+from nlseg.engine.build import (
+    autocast_for,
+    build_criterion,
+    build_model,
+    build_optimizer,
+    build_train_loader,
+    load_init_from,
+    memory_format,
+    paper_weights_warning,
+    poly_lr_lambda,
+)
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.evaluate import evaluate
 from nlseg.engine.inference import prepare_for_inference
+from nlseg.engine.interrupt import StopSignals, TrainingInterrupted, stop_workers
 from nlseg.engine.losses import SegmentationLoss
+from nlseg.engine.runlog import RunLog, eta
+from nlseg.engine.sampling import mix_seeds
 from nlseg.engine.worklock import hold_work_dir
 from nlseg.engine.workdir import (
     check_resume_changes, keep_metrics_until, remove_orphan_temps, start_run, write_text_atomic,
@@ -56,7 +64,6 @@ from nlseg.errors import CheckpointError, ConfigError, NlsegError
 
 __all__ = [
     "COMPILE_BACKEND",
-    "IterationSampler",
     "Run",
     "TrainingDiverged",
     "TrainingInterrupted",
@@ -75,134 +82,8 @@ COMPILE_BACKEND: str | Callable = os.environ.get("NLSEG_COMPILE_BACKEND", "induc
 inductor). Tests use ``"eager"`` or ``"aot_eager"``: the same graph capture without inductor's code generation,
 which takes minutes on a small CPU."""
 
-_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to mix seeds
-_MASK = (1 << 63) - 1
-
-
-def _mix(*values: int) -> int:
-    h = 0
-    for v in values:
-        h = ((h ^ (v & _MASK)) * _MIX + 0x632BE59BD9B4E019) & _MASK
-    return h
-
-
 class TrainingDiverged(NlsegError, RuntimeError):
     """A loss became NaN or infinite; training stopped before the weights were updated with it."""
-
-
-class _SeededSamples(Dataset):
-    """Gives sample ``(index, serial)`` with its random augmentation drawn from ``(seed, serial)``."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
-        index, serial = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_mix(self.seed, serial))
-            return self.dataset[index]
-
-
-class IterationSampler(Sampler[list[tuple[int, int]]]):
-    """Micro-batches of ``(index, serial)`` for this process, from ``start_iter`` to ``iters``.
-
-    Each optimiser step consumes ``batch_size`` serials in all; process r takes its contiguous share,
-    split into ``grad_accum`` micro-batches. Serial s maps to index ``perm_e[s mod len]`` with e = s // len.
-    """
-
-    def __init__(self, length: int, cfg: TrainConfig, *, start_iter: int, dist_info: DistInfo) -> None:
-        if length == 0:
-            raise ValueError("the training split is empty")
-        per_process, rest = divmod(cfg.batch_size, dist_info.world_size * cfg.grad_accum)
-        if rest or per_process == 0:
-            raise ConfigError(
-                f"train.batch_size={cfg.batch_size} must be a positive multiple of processes × grad_accum "
-                f"= {dist_info.world_size} × {cfg.grad_accum}"
-            )
-        self.length, self.seed = length, cfg.seed
-        self.batch_size, self.micro, self.accum = cfg.batch_size, per_process, cfg.grad_accum
-        self.start_iter, self.iters, self.rank = start_iter, cfg.iters, dist_info.rank
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
-
-    def _index(self, serial: int) -> int:
-        epoch, position = divmod(serial, self.length)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(_mix(self.seed, epoch, 1))
-            self._epoch, self._perm = epoch, torch.randperm(self.length, generator=gen)
-        return int(self._perm[position])
-
-    def __len__(self) -> int:
-        return (self.iters - self.start_iter) * self.accum
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it in range(self.start_iter, self.iters):
-            first = it * self.batch_size + self.rank * self.micro * self.accum
-            for a in range(self.accum):
-                start = first + a * self.micro
-                yield [(self._index(s), s) for s in range(start, start + self.micro)]
-
-
-def poly_lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Factor of the base lr at step t (0-based): ``(1 - t/T)^power`` with T = ``cfg.iters``, times a linear
-    warm-up from ``warmup_ratio`` during the first ``warmup_iters`` steps.
-
-    The lr is a function of the step and the current total only, so a run extended on resume (``train.iters``
-    raised from T to T') trains its next steps at ``lr · (1 - t/T')^power``: the curve of the new total from
-    the resume point on, above zero until the new end (never a step at lr 0).
-    """
-
-    def factor(step: int) -> float:
-        poly = max(0.0, 1.0 - step / cfg.iters) ** cfg.poly_power
-        if step < cfg.warmup_iters:
-            return poly * (cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_iters)
-        return poly
-
-    return factor
-
-
-def build_model(cfg: Config, num_classes: int) -> nn.Module:
-    """The recipe's model; a bad model name or option becomes a ConfigError naming ``model.*``."""
-    from nlseg.models import create_model
-
-    options = dict(cfg.model.options)
-    if cfg.train.grad_checkpointing:
-        options["grad_checkpointing"] = True
-    try:
-        return create_model(
-            cfg.model.name, num_classes=num_classes, pretrained_backbone=cfg.model.pretrained_backbone, **options
-        )
-    except (TypeError, ValueError) as err:
-        if isinstance(err, ConfigError):
-            raise
-        raise ConfigError(f"model {cfg.model.name!r}: {err}") from None
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp == "off":
-        return nullcontext()
-    if cfg.amp == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    if cfg.amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("train.amp=fp16 needs a CUDA device; use bf16 on CPU")
-        return torch.autocast("cuda", dtype=torch.float16)
-    raise ConfigError(f"train.amp must be off, bf16 or fp16, got {cfg.amp!r}")
-
-
-def _memory_format(cfg: TrainConfig) -> torch.memory_format:
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def _all_finite(values: dict[str, torch.Tensor], dist_info: DistInfo) -> dict[str, float]:
@@ -225,120 +106,6 @@ def _due(iteration: int, interval: int) -> bool:
     return interval > 0 and iteration % interval == 0
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader worker start: leave Ctrl-C and SIGTERM to the main process, which stops cleanly."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _stop_workers(run: Run) -> None:
-    """Shut the run's DataLoader workers down now, whatever ended the loop.
-
-    They ignore SIGTERM (:func:`_ignore_stop_signals`), so the interpreter's exit, which terminates and then
-    joins them, would wait forever for workers left running after an error; shutting the iterator down
-    sends them the end-of-work sentinel instead (PyTorch has no public call for it).
-    """
-    batches, run.batches = run.batches, iter(())
-    shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
-        shutdown()
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM or Ctrl-C stopped training; ``last.pt`` holds the iteration named in the message.
-
-    Attributes:
-        exit_status: 128 + the signal number (143 for SIGTERM, 130 for SIGINT), the command's exit status.
-    """
-
-    def __init__(self, message: str, exit_status: int) -> None:
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-class _StopSignals:
-    """While active, SIGINT and SIGTERM only note the signal; training stops at the next iteration
-    boundary after saving. A second signal stops at once (the last checkpoint stays). The previous
-    handlers are restored on exit. Outside the main thread signals cannot be caught and are left alone."""
-
-    def __init__(self, last_path: Path) -> None:
-        self.last_path = last_path
-        self.signum: int | None = None
-        self.saved_iteration = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._note)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _note(self, signum: int, frame: object) -> None:
-        if self.signum is not None:
-            raise TrainingInterrupted(
-                f"interrupted again by {signal.Signals(signum).name}; stopped without saving; {self.last_path} "
-                f"holds iteration {self.saved_iteration}", 128 + signum
-            )
-        self.signum = signum
-
-    def requested(self, dist_info: DistInfo, device: torch.device) -> int | None:
-        """The signal that asks to stop, agreed by every process (they must stop at the same iteration)."""
-        if not dist_info.enabled:
-            return self.signum
-        flag = torch.tensor(self.signum or 0, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag) or None
-
-
-class _Log:
-    """Console lines (also appended to ``train.log``), ``metrics.jsonl`` records and, when
-    ``train.tensorboard`` is on, TensorBoard events; on the main process only."""
-
-    def __init__(self, work_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.metrics_path = work_dir / "metrics.jsonl"
-        self.text = (work_dir / "train.log").open("a") if enabled else None
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise ConfigError('train.tensorboard is true but tensorboard is not installed: pip install "nlseg[tb]"') from None
-            self.writer = SummaryWriter(str(work_dir / "tb"))
-
-    def record(self, kind: str, iteration: int, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps({"kind": kind, "iter": iteration, **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                if isinstance(value, (int, float)):
-                    self.writer.add_scalar(f"{kind}/{key}", value, iteration)
-
-    def print(self, text: str, *, console: bool = True) -> None:
-        if self.enabled:
-            if console:
-                print(text, flush=True)
-            self.text.write(text + "\n")
-            self.text.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.text is not None:
-            self.text.close()
-
-
-def _eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
 @dataclass
 class Run:
     """Everything one training session works with; built by :func:`setup`, advanced by :func:`train_step`."""
@@ -357,7 +124,7 @@ class Run:
     batches: Iterator[dict[str, Any]]
     val_set: Dataset | None
     class_names: list[str]
-    log: _Log
+    log: RunLog
     start_iter: int = 0
     best_miou: float = float("-inf")
     best_iteration: int = 0
@@ -378,21 +145,6 @@ def _barrier(dist_info: DistInfo) -> None:
 
 def _save_config(cfg: Config, work_dir: Path) -> None:
     write_text_atomic(work_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def _init_from(model: nn.Module, cfg: Config, num_classes: int) -> None:
-    """Load ``model.init_from``'s weights into the new model (strict: every tensor, every shape)."""
-    path = cfg.model.init_from
-    state = load_checkpoint(path)
-    check_compatible(state, model_name=cfg.model.name, num_classes=num_classes, path=path)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        first = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
-        raise CheckpointError(
-            f"model.init_from={path}: its weights do not fit this recipe's {cfg.model.name!r} model "
-            f"(check model.options): {first}"
-        ) from None
 
 
 def _resume(run: Run) -> None:
@@ -428,27 +180,6 @@ def _resume(run: Run) -> None:
     torch.set_rng_state(state["rng"]["torch"].cpu())
 
 
-def paper_weights_warning(cfg: Config) -> str | None:
-    """A warning line for a paper recipe about to train from random weights, else None.
-
-    The papers' numbers start from ImageNet backbones. A recipe counts as a paper recipe when its model is a
-    paper row (the zoo holds a paper mIoU for it); the demo and ``custom_folder`` (ResNet-18, no paper row)
-    and runs on the embedded synthetic set get no warning.
-    """
-    from nlseg.models import zoo_entry
-
-    if cfg.model.pretrained_backbone or cfg.model.init_from or cfg.data.dataset == "synthetic":
-        return None
-    try:
-        paper_row = zoo_entry(cfg.model.name).miou is not None
-    except ValueError:  # a model registered outside the zoo
-        paper_row = False
-    if not paper_row:
-        return None
-    return (f"warning: {cfg.name} reproduces {cfg.paper!r}, whose numbers need ImageNet backbone weights; this run "
-            "starts from random weights (--set model.pretrained_backbone=FILE, or a name from nlseg list weights)")
-
-
 def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Run:
     """Prepare the work dir, data, model, optimizer and logs of a training session.
 
@@ -466,7 +197,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         _barrier(dist_info)
         if dist_info.is_main:
             _save_config(cfg, work_dir)
-    log = _Log(work_dir, dist_info.is_main, tcfg.tensorboard)
+    log = RunLog(work_dir, dist_info.is_main, tcfg.tensorboard)
     for line in notes:
         log.print(line)
     if dist_info.is_main and (orphans := remove_orphan_temps(work_dir)):
@@ -478,7 +209,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     torch.manual_seed(tcfg.seed)  # identical initial weights on every process
     model = build_model(cfg, num_classes)
     if cfg.model.init_from and not resume:
-        _init_from(model, cfg, num_classes)
+        load_init_from(model, cfg, num_classes)
         log.print(f"model weights from {cfg.model.init_from}")
     elif not resume and (warning := paper_weights_warning(cfg)):
         log.print(warning)
@@ -486,12 +217,12 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # PyTorch's SyncBatchNorm is CUDA-only
     elif dist_info.enabled:
         log.print("note: SyncBatchNorm needs CUDA; on CPU each process keeps its own batch-norm statistics")
-    model.to(device, memory_format=_memory_format(tcfg))
+    model.to(device, memory_format=memory_format(tcfg))
     run = Run(
         cfg=cfg, work_dir=work_dir, dist_info=dist_info, device=device, model=model, net=model,
-        optimizer=_optimizer(model, tcfg),
+        optimizer=build_optimizer(model, tcfg),
         scaler=torch.amp.GradScaler(device.type, enabled=tcfg.amp == "fp16"),
-        criterion=SegmentationLoss(cfg.loss, ignore_index=train_set.ignore_index).to(device),
+        criterion=build_criterion(cfg, train_set.ignore_index).to(device),
         batches=iter(()), val_set=None, class_names=list(train_set.classes), log=log,
     )
     if resume:
@@ -504,14 +235,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         run.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if tcfg.compile:
         run.net = torch.compile(run.net, backend=COMPILE_BACKEND)
-    loader = DataLoader(
-        _SeededSamples(train_set, tcfg.seed),
-        batch_sampler=IterationSampler(len(train_set), tcfg, start_iter=run.start_iter, dist_info=dist_info),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_ignore_stop_signals,
-    )
+    loader = build_train_loader(train_set, cfg, start_iter=run.start_iter, dist_info=dist_info, device=device)
     run.val_set = build_dataset(cfg, cfg.data.val_split, train=False) if tcfg.evaluate else None
     run.batches = iter(loader)
     return run
@@ -527,18 +251,18 @@ def train_step(run: Run, it: int) -> tuple[dict[str, float], float]:
         TrainingDiverged: a loss is not finite; the weights were not updated with it.
     """
     tcfg = run.cfg.train
-    torch.manual_seed(_mix(tcfg.seed, run.dist_info.rank, it, 2))  # dropout masks depend only on (seed, rank, it)
+    torch.manual_seed(mix_seeds(tcfg.seed, run.dist_info.rank, it, 2))  # dropout masks depend only on (seed, rank, it)
     lr = tcfg.lr * poly_lr_lambda(tcfg)(it)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
     for a in range(tcfg.grad_accum):
         batch = next(run.batches)
-        images = batch["image"].to(run.device, non_blocking=True, memory_format=_memory_format(tcfg))
+        images = batch["image"].to(run.device, non_blocking=True, memory_format=memory_format(tcfg))
         labels = batch["label"].to(run.device, non_blocking=True)
         sync = run.net.no_sync() if run.dist_info.enabled and a < tcfg.grad_accum - 1 else nullcontext()
         with sync:
-            with _autocast(tcfg, run.device):
+            with autocast_for(tcfg, run.device):
                 loss, parts = run.criterion(run.net(images), labels)
             values = _all_finite({"total": loss, **parts}, run.dist_info)
             bad = [name for name, v in values.items() if not math.isfinite(v)]
@@ -640,7 +364,7 @@ def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) 
               + (f" × {run.dist_info.world_size} processes" if run.dist_info.enabled else ""))
     run.model.train()
     try:
-        with _StopSignals(run.last_path) as stop:
+        with StopSignals(run.last_path) as stop:
             stop.saved_iteration = run.start_iter
             for it in range(run.start_iter, tcfg.iters):
                 values, lr = train_step(run, it)
@@ -654,7 +378,7 @@ def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) 
                     log.print(
                         f"iter {iteration}/{tcfg.iters}  loss {values['total']:.4f} ("
                         + " ".join(f"{k} {v:.3f}" for k, v in values.items() if k != "total")
-                        + f")  lr {lr:.2e}  {speed:.2f} it/s  ETA {_eta((tcfg.iters - iteration) / max(speed, 1e-9))}"
+                        + f")  lr {lr:.2e}  {speed:.2f} it/s  ETA {eta((tcfg.iters - iteration) / max(speed, 1e-9))}"
                     )
                 if run.val_set is not None and (_due(iteration, tcfg.eval_interval) or final):
                     metrics = validate(run, iteration)
@@ -668,6 +392,6 @@ def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) 
                     log.print(message, console=False)  # the command line prints it, once
                     raise TrainingInterrupted(message, 128 + signum)
     finally:
-        _stop_workers(run)
+        stop_workers(run)
         log.close()
     return {"iteration": tcfg.iters, **metrics}

@@ -109,11 +109,12 @@ class ZooEntry:
 
         return model_options(self.name)
 
-    def option_types(self) -> dict[str, Any]:
-        """The declared type of each option (:func:`nlseg.models.option_types.option_types`)."""
-        from nlseg.models.option_types import option_types
+    def option_error(self, key: str, value: Any) -> str | None:
+        """One line when ``value`` does not fit option ``key``'s declared type, else None
+        (:func:`nlseg.models.option_types.option_error`)."""
+        from nlseg.models.option_types import option_error
 
-        return option_types(self.name)
+        return option_error(self.name, key, value)
 
     def build(self, num_classes: int, **options: Any) -> nn.Module:
         """The model with ``options`` (:func:`create_model`, no pretrained weights)."""
