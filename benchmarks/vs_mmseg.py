@@ -69,7 +69,7 @@ if str(HERE) not in sys.path:  # benchmarks/ holds the packages below; run from 
     sys.path.insert(0, str(HERE))
 
 # The parts; the names tests/test_vs_mmseg.py reads from this script are in __all__.
-from vsmmseg.driver import KEEP_HEAP, plan_columns, run_table, worker_command  # noqa: E402
+from vsmmseg.driver import KEEP_HEAP, measure, plan_columns, run_table, worker_command  # noqa: E402
 from vsmmseg.mmseg_side import no_sync_bn as _no_sync_bn  # noqa: E402
 from vsmmseg.networks import (  # noqa: E402
     DEFAULT_NETWORKS, EXACT, INFER_LEVERS, MMSEG, NETWORKS, SLOW_LEVERS, TRAIN_LEVERS,
@@ -80,7 +80,7 @@ from vsmmseg.worker import run_job  # noqa: E402
 
 __all__ = [
     "DEFAULT_NETWORKS", "EXACT", "INFER_LEVERS", "KEEP_HEAP", "MMSEG", "NETWORKS", "TRAIN_LEVERS", "Job", "Result",
-    "Row", "_no_sync_bn", "format_table", "main", "parse_args", "plan_columns", "rows_to_json",
+    "Row", "_no_sync_bn", "format_table", "main", "measure", "parse_args", "plan_columns", "rows_to_json",
     "run_job", "run_table", "worker_command",
 ]
 

@@ -8,6 +8,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
+
 @dataclass(frozen=True)
 class Job:
     """One measurement, run in its own process (``--worker`` takes it as JSON)."""
