@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,31 @@ def test_keep_heap_sets_glibcs_tunables_for_both_sides(monkeypatch, tmp_path):
         assert {name: kept[name] for name in vs.KEEP_HEAP} == {"MALLOC_MMAP_MAX_": "0",
                                                                "MALLOC_TRIM_THRESHOLD_": "2147483647"}
         assert kept["OMP_NUM_THREADS"] == plain["OMP_NUM_THREADS"] == "2"
+
+
+def _ends(pid: int, within: float = 30.0) -> bool:
+    """Whether the process ``pid`` ends (is reaped, or a zombie waiting for its parent) within ``within`` seconds:
+    a killed process closes its files before the kernel marks it ended, so it may look alive for a moment."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_measuring_process_past_its_timeout_is_killed_with_the_processes_it_started(tmp_path):
+    """--timeout ends the measuring process and its children (torch.compile's workers, say), not the process
+    alone: an orphaned child would go on using the cores while the next column is timed."""
+    pidfile = tmp_path / "child.pid"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {pidfile}\nsleep 60\n")
+    python.chmod(0o755)
+    job = vs.Job(vs.MMSEG, "ann", 50, "infer", vs.MMSEG, (32, 32), 1, 1, 1)
+    with pytest.raises(RuntimeError, match="timed out after 3 s"):
+        vs.measure(job, python, timeout=3)
+    assert _ends(int(pidfile.read_text()))  # without the group kill it sleeps on for a minute

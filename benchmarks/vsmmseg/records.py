@@ -1,0 +1,67 @@
+"""One measurement (:class:`Job`), what it found (:class:`Result`) and a table row of them (:class:`Row`).
+
+A Job goes to its measuring process as JSON on the command line; the process prints its Result as JSON.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement, run in its own process (``--worker`` takes it as JSON)."""
+
+    side: str  # "nlseg" or "mmseg"
+    network: str
+    depth: int
+    task: str  # "infer" or "train"
+    lever: str  # a key of INFER_LEVERS / TRAIN_LEVERS, or "mmseg"
+    size: tuple[int, int]
+    batch: int
+    repeats: int
+    threads: int
+    profile: bool = False
+    device: str = "cpu"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        fields = json.loads(text)
+        return cls(**{**fields, "size": tuple(fields["size"])})
+
+
+@dataclass
+class Result:
+    """One column's timed passes (seconds), peak MiB the pass adds, parameters (M) and GFLOPs, a profile."""
+
+    times: list[float]
+    peak_mib: float
+    params_m: float
+    gflops: float | None = None
+    profile: str | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Row:
+    """One table row: a network at a depth on a task, each column's result (None: failed or not run)."""
+
+    network: str
+    depth: int
+    task: str
+    results: dict[str, Result | None] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
