@@ -5,13 +5,8 @@ Segmenting folders of image files (``nlseg predict``) is :mod:`nlseg.engine.pred
 """
 from nlseg.engine.inference.merge import predict_probs, predict_with_config
 from nlseg.engine.inference.model import AMP_DTYPES, InferenceModel, InferenceOptions, prepare_for_inference
-from nlseg.engine.inference.segmenter import (
-    IMAGE_SUFFIXES,
-    Segmenter,
-    build_model_from_checkpoint,
-    dataset_palette,
-    saved_normalize,
-)
+from nlseg.engine.build import build_model_from_checkpoint, saved_normalize
+from nlseg.engine.inference.segmenter import IMAGE_SUFFIXES, Segmenter, dataset_palette
 
 __all__ = [
     "AMP_DTYPES",

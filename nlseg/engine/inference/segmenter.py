@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
+
 from typing import Any
 
 import numpy as np
@@ -18,9 +18,10 @@ from nlseg.config import Config, EvalConfig
 from nlseg.data import dataset_class
 from nlseg.data.base import index_palette, read_image
 from nlseg.data.transforms import normalization
-from nlseg.engine.checkpoint import CheckpointError, check_compatible, load_checkpoint
+
 from nlseg.engine.device import resolve_device
 
+from nlseg.engine.build import build_model_from_checkpoint, saved_normalize
 from nlseg.engine.inference.merge import predict_with_config
 from nlseg.engine.inference.model import InferenceModel, InferenceOptions, prepare_for_inference
 
@@ -46,82 +47,6 @@ def dataset_palette(dataset: str, num_classes: int) -> list[tuple[int, int, int]
     except ValueError:  # a data set nlseg does not know
         palette = []
     return palette if len(palette) == num_classes else index_palette(num_classes + 1)[1:]
-
-
-def _check_checkpoint_path(path: Path) -> None:
-    """A CheckpointError for a path that cannot be a checkpoint file, before torch tries to read it."""
-    if path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path} is a folder; expected a checkpoint file such as "
-            f"{path / 'best.pt'} or {path / 'last.pt'}"
-        )
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-
-
-def build_model_from_checkpoint(
-    path: str | os.PathLike,
-    cfg: Config | None = None,
-    device: str | torch.device = "cpu",
-    *,
-    num_classes: int | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint was saved from and load its weights, in eval mode.
-
-    The model's name and builder options come from the checkpoint (``model_name``,
-    ``config.model.options``); a checkpoint without them needs ``cfg``. With ``cfg`` the checkpoint
-    must be for the recipe's model (and for ``num_classes`` classes when given).
-
-    Args:
-        path: an nlseg checkpoint.
-        cfg: the recipe it is used with, or None.
-        device: where to put the model: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a torch.device.
-        num_classes: the data set's number of classes, checked when given.
-
-    Returns:
-        the model and the checkpoint dict.
-
-    Raises:
-        CheckpointError: unreadable file, another model or class count, weights that do not fit.
-    """
-    from nlseg.models import create_model
-
-    _check_checkpoint_path(Path(path))
-    state = load_checkpoint(path)
-    if cfg is not None or num_classes is not None:
-        check_compatible(
-            state,
-            model_name=cfg.model.name if cfg is not None else state.get("model_name"),
-            num_classes=num_classes if num_classes is not None else state.get("num_classes"),
-            path=path,
-        )
-    saved_cfg = state.get("config") or {}
-    name = state.get("model_name") or (cfg.model.name if cfg is not None else None)
-    options = saved_cfg.get("model", {}).get("options", cfg.model.options if cfg is not None else {})
-    classes = state.get("num_classes") or len(state.get("class_names", [])) or num_classes
-    if name is None or classes is None:
-        raise CheckpointError(
-            f"checkpoint {path} does not say which model it holds (no 'model_name' / 'num_classes'); "
-            "pass the recipe it was trained with"
-        )
-    try:
-        model = create_model(name, num_classes=classes, **options)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path}: cannot build its model {name!r}: {err}") from None
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()
-        raise CheckpointError(
-            f"checkpoint {path}: its weights do not fit a {name!r} model with {classes} classes "
-            f"({' '.join(line.strip() for line in first[:3])})"
-        ) from None
-    return model.to(resolve_device(device)).eval(), state
-
-
-def saved_normalize(state: dict[str, Any], default: str = "imagenet") -> str:
-    """The ``data.normalize`` a checkpoint's model was trained with; ``default`` for a checkpoint without it."""
-    return ((state.get("config") or {}).get("data") or {}).get("normalize", default)
 
 
 class Segmenter:
