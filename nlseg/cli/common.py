@@ -133,5 +133,7 @@ def error_line(err: BaseException) -> str:
     if getattr(err, "exit_status", None) is not None:
         return text
     if disk_full(err) and not isinstance(err, NlsegError):  # a log line, a metrics record: not an atomic save
-        return "error: no space left on the device (checkpoints already saved are whole); free some and resume"
+        name = getattr(err, "filename", None)
+        return (f"error: no space left on the device{f' writing {name}' if name else ''}; free some and run the "
+                "command again (a training run: with --resume, from its last checkpoint)")
     return "error: " + " ".join(text.split())
