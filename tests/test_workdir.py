@@ -281,3 +281,23 @@ def test_a_second_train_on_the_work_dir_of_a_live_run_is_refused_with_its_pid(tm
     done = load_checkpoint(work / "last.pt")["iteration"]
     assert cli_main(["train", "--work-dir", str(work), "--resume", "--set", f"train.iters={done + 1}"]) == 0
     assert load_checkpoint(work / "last.pt")["iteration"] == done + 1
+
+
+def test_a_full_disk_while_logging_stops_in_one_line_too(tmp_path, monkeypatch, capsys):
+    from nlseg.engine import trainer
+
+    recipe = write_recipe(tmp_path / "r.yaml", iters=3, checkpoint_interval=1, log_interval=1)
+    work = tmp_path / "w"
+    record = trainer._Log.record
+
+    def full_at_2(self, kind, iteration, values):
+        if iteration == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return record(self, kind, iteration, values)
+
+    monkeypatch.setattr(trainer._Log, "record", full_at_2)
+    assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("nlseg train: error: no space left on the device")
+    assert load_checkpoint(work / "last.pt")["iteration"] == 1

@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from nlseg.engine.atomic import disk_full
 from nlseg.errors import NlsegError, OutputError
 from nlseg.paths import expand_path
 
@@ -109,15 +110,15 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
 def exit_status(err: BaseException) -> int | None:
     """The exit status for an exception that ends a command, or None for a bug (its traceback is kept).
 
-    User errors (:class:`NlsegError`, a missing file) give 2, Ctrl-C 130; an exception with an integer
-    ``exit_status`` attribute (a training run stopped by a signal) gives that.
+    User errors (:class:`NlsegError`, a missing file) and a full disk give 2, Ctrl-C 130; an exception with an
+    integer ``exit_status`` attribute (a training run stopped by a signal) gives that.
     """
     status = getattr(err, "exit_status", None)
     if isinstance(status, int):
         return status
     if isinstance(err, KeyboardInterrupt):
         return 130
-    if isinstance(err, (NlsegError, FileNotFoundError)) or _from_worker(err):
+    if isinstance(err, (NlsegError, FileNotFoundError)) or _from_worker(err) or disk_full(err):
         return 2
     return None
 
@@ -137,4 +138,8 @@ def error_line(err: BaseException) -> str:
         text = last.split(": ", 1)[1] if ": " in last else last
     if getattr(err, "exit_status", None) is not None:
         return text
+    if disk_full(err) and not isinstance(err, NlsegError):  # a log line, a metrics record: not an atomic save
+        name = getattr(err, "filename", None)
+        return (f"error: no space left on the device{f' writing {name}' if name else ''}; free some and run the "
+                "command again (a training run: with --resume, from its last checkpoint)")
     return "error: " + " ".join(text.split())

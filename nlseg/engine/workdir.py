@@ -222,11 +222,8 @@ def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict[str, Any]
                      f"({line[:60]!r})")
                 break
             record = None
-        try:
-            record["iter"] = int(record["iter"])
-            str(record["kind"])
-        except (KeyError, TypeError, ValueError):
-            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})") from None
+        if not (isinstance(record, dict) and "kind" in record and type(record.get("iter")) is int):
+            raise NlsegError(f"{path}, line {number}: not a metrics record ({line[:80]!r})")
         records.append(record)
     return records
 
