@@ -116,7 +116,7 @@ def test_a_damaged_best_checkpoint_is_reported_and_replaced_at_the_next_better_v
                                                                                              capsys):
     from test_runs import ScriptedScores
 
-    from nlseg.engine import trainer
+    from nlseg.engine.runlog import RunLog
 
     recipe = write_recipe(tmp_path / "r.yaml", iters=2, evaluate=True, eval_interval=1, checkpoint_interval=1)
     work = tmp_path / "w"
@@ -284,18 +284,18 @@ def test_a_second_train_on_the_work_dir_of_a_live_run_is_refused_with_its_pid(tm
 
 
 def test_a_full_disk_while_logging_stops_in_one_line_too(tmp_path, monkeypatch, capsys):
-    from nlseg.engine import trainer
+    from nlseg.engine.runlog import RunLog
 
     recipe = write_recipe(tmp_path / "r.yaml", iters=3, checkpoint_interval=1, log_interval=1)
     work = tmp_path / "w"
-    record = trainer._Log.record
+    record = RunLog.record
 
     def full_at_2(self, kind, iteration, values):
         if iteration == 2:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return record(self, kind, iteration, values)
 
-    monkeypatch.setattr(trainer._Log, "record", full_at_2)
+    monkeypatch.setattr(RunLog, "record", full_at_2)
     assert cli_main(["train", str(recipe), "--work-dir", str(work)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
