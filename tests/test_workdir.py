@@ -116,7 +116,7 @@ def test_a_damaged_best_checkpoint_is_reported_and_replaced_at_the_next_better_v
                                                                                              capsys):
     from test_runs import ScriptedScores
 
-    from nlseg.engine.runlog import RunLog
+    from nlseg.engine import trainer
 
     recipe = write_recipe(tmp_path / "r.yaml", iters=2, evaluate=True, eval_interval=1, checkpoint_interval=1)
     work = tmp_path / "w"
