@@ -228,7 +228,7 @@ def test_ann_head_computes_the_fusion_and_context_as_written_in_mmsegmentation(t
     theirs = F.conv2d(x, state["decode_head.conv_seg.weight"], state["decode_head.conv_seg.bias"])
     with torch.no_grad():
         ours = model.decoder({"layer3": low, "layer4": high}, {})
-    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)  # float64: only the order of sums differs
 
 
 def test_dnl_head_is_recognised_and_refused_in_one_line(tmp_path: Path, capsys) -> None:
