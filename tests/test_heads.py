@@ -2,7 +2,7 @@
 the attention in the heads equal to the plain formulas forward and backward, and a short run whose loss falls.
 
 The parameter counts are written out from mmsegmentation's layer lists (``NLHead``, ``DAHead``, ``PSPHead``,
-``ASPPHead``, ``FCNHead``, ``ResNetV1c``). Building mmsegmentation 1.2.2's own models (SyncBN as BN) gave the same
+``ASPPHead``, ``ANNHead``, ``CCHead``, ``FCNHead``, ``ResNetV1c``). Building mmsegmentation 1.2.2's own models (SyncBN as BN) gave the same
 totals per backbone, decode head and auxiliary head, DANet's decode head less its two branch classifiers
 (2 x (512·19 + 19) = 19,494); see docs/models.md.
 """
@@ -45,6 +45,15 @@ HEAD_PARAMS = {
     "ppm_head_r50": 4 * cba(2048, 512, 1) + cba(2048 + 4 * 512, 512, 3) + CLASSIFIER,
     # image pool 1x1, 1x1, three dilated 3x3, bottleneck 3x3 on 5·512
     "aspp_head_r50": 2 * cba(2048, 512, 1) + 3 * cba(2048, 512, 3) + cba(5 * 512, 512, 3) + CLASSIFIER,
+    # AFNB (query 2048->256, key 1024->256 with BN; value 1024->256, out 256->2048 with bias; bottleneck 4096->2048
+    # + BN), bottleneck 3x3 -> 512, APNB (shared key/query 512->256 + BN, value, out 256->512, bottleneck 1024->512)
+    "ann_head_r50": cba(2048, 256, 1) + cba(1024, 256, 1) + conv(1024, 256) + conv(256, 2048) + cba(4096, 2048, 1)
+    + cba(2048, 512, 3) + cba(512, 256, 1) + conv(512, 256) + conv(256, 512) + cba(1024, 512, 1) + CLASSIFIER,
+    # convs[0], criss-cross attention (q, k 512->64, v 512->512 with bias, γ), convs[1], conv_cat
+    "ccnet_head_r50": cba(2048, 512, 3) + 2 * conv(512, 64) + conv(512, 512) + 1 + cba(512, 512, 3)
+    + cba(2048 + 512, 512, 3) + CLASSIFIER,
+    # convs[0], convs[1], conv_cat
+    "fcn_head_r50": cba(2048, 512, 3) + cba(512, 512, 3) + cba(2048 + 512, 512, 3) + CLASSIFIER,
 }
 AUX_PARAMS = cba(1024, 256, 3) + conv(256, K)  # FCNHead(num_convs=1, channels=256)
 
@@ -86,6 +95,9 @@ def test_totals_without_the_auxiliary_head():
         "danet_head_r50": 47_462_389,
         "ppm_head_r50": 46_610_803,
         "aspp_head_r50": 65_748_339,
+        "ann_head_r50": 43_863_923,
+        "ccnet_head_r50": 47_461_364,
+        "fcn_head_r50": 47_133_043,
     }
 
 

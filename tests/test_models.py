@@ -53,7 +53,7 @@ def test_every_row_of_both_papers_is_registered():
         "denoised_nl": (18, 50, 101),
         "dnl_baseline": (18, 50, 101),
         **{f: (50, 101) for f in ("nl", "ocnet", "ccnet", "danet", "dranet", "ppm", "aspp")},
-        **{f"{f}_head": (50, 101) for f in ("nl", "danet", "ppm", "aspp")},  # the blocks' original networks
+        **{f"{f}_head": (50, 101) for f in ("nl", "danet", "ppm", "aspp", "ann", "ccnet", "fcn")},  # original networks
         **{
             f: (50, 101)
             for f in ("ann", "ann_nb", "ann_apnb", "ann_common_fusion", "ann_fnb", "ann_afnb")
@@ -87,12 +87,12 @@ def expected_options(name: str) -> dict:
     family, depth = name.rsplit("_r", 1)
     backbone = {"backbone": f"resnet{depth}"}
     small_grid = {"multi_grid": (1, 2)} if depth == "18" else {}
+    if family.endswith("_head"):  # the blocks' original networks (mmsegmentation's heads), ann_head too
+        return backbone | HEAD_OPTIONS
     if family == "fcn":
         return backbone | FCN_OPTIONS
     if family.startswith("ann"):
         return backbone | ANN_OPTIONS
-    if family.endswith("_head"):  # the blocks' original networks (mmsegmentation's heads)
-        return backbone | HEAD_OPTIONS
     if family == "denoised_nl":
         return backbone | DNL_OPTIONS | small_grid
     return backbone | PIPELINE_OPTIONS | small_grid

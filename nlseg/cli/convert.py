@@ -12,8 +12,10 @@ FORMAT_HELP = (
     "ann-backbone: ANN's ImageNet deep-base ResNet (3x3resnet101-imagenet.pth) -> a model.pretrained_backbone "
     "file; ann: ANN's released network checkpoint (fs_annn_cityscapes_segohem_latest.pth) -> an nlseg checkpoint; "
     "dnl: a state dict of the released Denoised NL model.py network -> an nlseg checkpoint; mmseg: an "
-    "mmsegmentation checkpoint of NLHead, DAHead, PSPHead or ASPPHead on ResNet-50/101 -> an nlseg checkpoint of "
-    "nl_head, danet_head, ppm_head or aspp_head"
+    "mmsegmentation 1.x checkpoint on ResNetV1c-50/101 (-d8) -> an nlseg checkpoint: NLHead, DAHead, PSPHead, "
+    "ASPPHead, ANNHead, CCHead and FCNHead load into nl_head, danet_head, ppm_head, aspp_head, ann_head, ccnet_head "
+    "and fcn_head (the head read from the file's keys); DNLHead (Disentangled Non-Local, not Denoised NL) is "
+    "recognised and refused, with what differs"
 )
 
 

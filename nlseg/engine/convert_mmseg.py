@@ -1,8 +1,9 @@
 """mmsegmentation checkpoints of the compared blocks' original networks -> nlseg checkpoints (``nlseg convert mmseg``).
 
-nlseg's ``nl_head_*``, ``danet_head_*``, ``ppm_head_*`` and ``aspp_head_*`` models are mmsegmentation's
-``nonlocal_r50-d8``, ``danet_r50-d8``, ``pspnet_r50-d8`` and ``deeplabv3_r50-d8`` networks (and their R-101
-versions; see :mod:`nlseg.models.heads`). A checkpoint of one of them (``{"meta", "state_dict", ...}``, keys
+nlseg's ``nl_head_*``, ``danet_head_*``, ``ppm_head_*``, ``aspp_head_*``, ``ann_head_*``, ``ccnet_head_*`` and
+``fcn_head_*`` models are mmsegmentation's ``nonlocal_r50-d8``, ``danet_r50-d8``, ``pspnet_r50-d8``,
+``deeplabv3_r50-d8``, ``ann_r50-d8``, ``ccnet_r50-d8`` and ``fcn_r50-d8`` networks (and their R-101 versions; see
+:mod:`nlseg.models.heads`). A checkpoint of one of them (``{"meta", "state_dict", ...}``, keys
 ``backbone.*``, ``decode_head.*``, ``auxiliary_head.*``) maps onto the nlseg model key by key, with the strict
 rules of :func:`nlseg.engine.convert.map_state_dict`, written from mmsegmentation 1.2.2's and mmcv 2.x's
 module names:
@@ -19,6 +20,16 @@ module names:
 - ASPPHead: ``aspp_modules.i`` -> ``branches.i``, ``image_pool.1`` -> ``image_pool``, ``bottleneck`` ->
   ``project.0``. mmsegmentation concatenates the image-pooling branch first, nlseg last: the bottleneck's input
   channels are moved from (pool, b0..b3) to (b0..b3, pool), which gives the same function.
+- ANNHead: ``fusion`` (AFNB: ``stages.0.{query,key,value,out}_project``, ``bottleneck`` -> ``fuse.0``) ->
+  ``decoder.fusion``; ``bottleneck`` -> ``decoder.reduce``; ``context`` (APNB) -> ``decoder.context``. APNB's key
+  and query projection is one module registered under two names, so the file holds it twice: ``query_project``
+  must equal ``key_project`` and is dropped (nlseg's APNB keeps it once, as ``key``).
+- CCHead: ``convs.0`` -> ``reduce``, ``cca`` (``query_conv``, ``key_conv``, ``value_conv``, ``gamma.scale``) ->
+  ``attention``, ``convs.1`` -> ``expand``, ``conv_cat`` -> ``bottleneck.0`` of nlseg's RCCAModule.
+- FCNHead (``num_convs=2, concat_input=True``): ``convs.0``, ``convs.1``, ``conv_cat`` (the input first).
+
+mmsegmentation's DNLHead (``decode_head.dnl_block``: the Disentangled Non-Local block, a different block from the
+Denoised NL block nlseg is built around) is recognised and refused with the differences named (:data:`REFUSED`).
 
 Two tensors change form, not value: mmcv's ``Scale`` holds a 0-d scalar, nlseg's γ a (1,) tensor; and the ASPP
 bottleneck above. The recipe (default: the one named after the file's head and depth) gives the classes.
@@ -36,7 +47,7 @@ from nlseg.config import Config, load_config
 from nlseg.engine.convert import Layout, convert_with_layout, read_released
 from nlseg.errors import CheckpointError, ConfigError
 
-__all__ = ["MMSEG_LAYOUTS", "convert_mmseg", "mmseg_recipe"]
+__all__ = ["HEAD_CLASSES", "MMSEG_LAYOUTS", "REFUSED", "convert_mmseg", "mmseg_recipe"]
 
 _BACKBONE = (
     ("backbone.stem.0", "backbone.conv1.0"), ("backbone.stem.1", "backbone.conv1.1"),
@@ -54,18 +65,25 @@ def _module(mmseg: str, nlseg: str) -> tuple[tuple[str, str], tuple[str, str]]:
     return (f"{mmseg}.conv", f"{nlseg}.0"), (f"{mmseg}.bn", f"{nlseg}.1")
 
 
-def _layout(head: str, renames: tuple[tuple[str, str], ...], dropped: tuple[str, ...] = ()) -> Layout:
+def _layout(
+    head: str,
+    renames: tuple[tuple[str, str], ...],
+    dropped: tuple[str, ...] = (),
+    aliases: tuple[tuple[str, str], ...] = (),
+) -> Layout:
     return Layout(
         name="mmseg",
         description=f"mmsegmentation {head} checkpoint",
         renames=(*_BACKBONE, *renames),
+        aliases=aliases,
         dropped=dropped,
         models=(f"{head}_head_r50", f"{head}_head_r101"),
         recipe=f"{head}_head_r50_cityscapes",
     )
 
 
-_NL, _DA = "decode_head.nl_block", "decode_head"
+_NL, _DA, _CC = "decode_head.nl_block", "decode_head", "decode_head.cca"
+_AFNB, _APNB = "decode_head.fusion.stages.0", "decode_head.context.stages.0"
 MMSEG_LAYOUTS: dict[str, Layout] = {
     "nl": _layout("nl", (
         *_module("decode_head.convs.0", "decoder.head.inner.0"),
@@ -94,25 +112,69 @@ MMSEG_LAYOUTS: dict[str, Layout] = {
         *_module("decode_head.image_pool.1", "decoder.head.image_pool"),
         *_module("decode_head.bottleneck", "decoder.head.project.0"),
     )),
+    "ann": _layout("ann", (
+        *_module(f"{_AFNB}.query_project", "decoder.fusion.query"),
+        *_module(f"{_AFNB}.key_project", "decoder.fusion.key"),
+        (f"{_AFNB}.value_project", "decoder.fusion.value"), (f"{_AFNB}.out_project", "decoder.fusion.out_proj"),
+        *_module("decode_head.fusion.bottleneck", "decoder.fusion.fuse.0"),
+        *_module("decode_head.bottleneck", "decoder.reduce"),
+        *_module(f"{_APNB}.key_project", "decoder.context.key"),
+        (f"{_APNB}.value_project", "decoder.context.value"), (f"{_APNB}.out_project", "decoder.context.out_proj"),
+        *_module("decode_head.context.bottleneck", "decoder.context.fuse.0"),
+    ), aliases=((f"{_APNB}.query_project", f"{_APNB}.key_project"),)),
+    "ccnet": _layout("ccnet", (
+        *_module("decode_head.convs.0", "decoder.head.reduce"),
+        (f"{_CC}.query_conv", "decoder.head.attention.query"), (f"{_CC}.key_conv", "decoder.head.attention.key"),
+        (f"{_CC}.value_conv", "decoder.head.attention.value"), (f"{_CC}.gamma.scale", "decoder.head.attention.gamma"),
+        *_module("decode_head.convs.1", "decoder.head.expand"),
+        *_module("decode_head.conv_cat", "decoder.head.bottleneck.0"),
+    )),
+    "fcn": _layout("fcn", (
+        *_module("decode_head.convs.0", "decoder.head.inner.0"),
+        *_module("decode_head.convs.1", "decoder.head.inner.1"),
+        *_module("decode_head.conv_cat", "decoder.head.fuse"),
+    )),
 }
 """One key map per head; the file's ``decode_head`` modules say which (:func:`_head_of`)."""
 
 _MARKERS = (("nl", "decode_head.nl_block."), ("danet", "decode_head.pam."), ("ppm", "decode_head.psp_modules."),
-            ("aspp", "decode_head.aspp_modules."))
+            ("aspp", "decode_head.aspp_modules."), ("ann", "decode_head.fusion."), ("ccnet", "decode_head.cca."))
+_FCN_MARKER = "decode_head.convs."
+"""FCNHead's convolutions, which NLHead and CCHead extend: an FCN file is one with them and no other head's."""
+HEAD_CLASSES = {"nl": "NLHead", "danet": "DAHead", "ppm": "PSPHead", "aspp": "ASPPHead", "ann": "ANNHead",
+                "ccnet": "CCHead", "fcn": "FCNHead"}
+"""mmsegmentation's class of each head nlseg loads."""
+_CLASS_NAMES = tuple(HEAD_CLASSES.values())
+REFUSED = {
+    "decode_head.dnl_block.": (
+        "DNLHead (dnlnet), the Disentangled Non-Local block (Yin et al., ECCV 2020), which no nlseg model computes: "
+        "it is not nlseg's denoised_nl_* (the Denoised NL block of Song et al., TNNLS 2023, with Global Rectifying "
+        "and Local Retention), and it differs from nl_head_*'s non-local block in its whitened query and key (their "
+        "means over positions subtracted), a softmax temperature of 0.05 and a unary branch (conv_mask: a softmax "
+        "over positions that pools g, added before Wo)"
+    ),
+}
+"""mmsegmentation heads recognised by a ``decode_head`` key and refused: what differs from nlseg's nearest model."""
 _DEPTHS = {6: 50, 23: 101}
 """Blocks in layer3 -> ResNet depth."""
 
 
 def _head_of(state: Mapping[str, Tensor], source: str) -> tuple[str, int]:
     """The head and ResNet depth of an mmsegmentation checkpoint, from its key names."""
+    for marker, why in REFUSED.items():
+        if any(k.startswith(marker) for k in state):
+            raise CheckpointError(f"{source} is mmsegmentation's {why}; not converted")
     heads = [head for head, marker in _MARKERS if any(k.startswith(marker) for k in state)]
+    if not heads and any(k.startswith(_FCN_MARKER) for k in state):
+        heads = ["fcn"]
     blocks = len({k.split(".")[2] for k in state if k.startswith("backbone.layer3.")})
     if len(heads) != 1 or blocks not in _DEPTHS:
         found = ", ".join(sorted({".".join(k.split(".")[:2]) for k in state})[:8])
         raise CheckpointError(
-            f"{source} is not an mmsegmentation NLHead, DAHead, PSPHead or ASPPHead checkpoint on a ResNet-50/101 "
-            f"(expected decode_head.nl_block, .pam, .psp_modules or .aspp_modules and 6 or 23 blocks in "
-            f"backbone.layer3; found {found} and {blocks} blocks)"
+            f"{source} is not an mmsegmentation {', '.join(_CLASS_NAMES[:-1])} or {_CLASS_NAMES[-1]} checkpoint on a "
+            "ResNet-50/101 "
+            f"(expected decode_head.nl_block, .pam, .psp_modules, .aspp_modules, .fusion, .cca or .convs and 6 or "
+            f"23 blocks in backbone.layer3; found {found} and {blocks} blocks)"
         )
     return heads[0], _DEPTHS[blocks]
 
@@ -136,7 +198,8 @@ def _reshaped(state: dict[str, Tensor], head: str) -> dict[str, Tensor]:
 
 
 def convert_mmseg(source: str | os.PathLike[str], cfg: Config | None = None) -> dict[str, Any]:
-    """Convert an mmsegmentation checkpoint of NLHead / DAHead / PSPHead / ASPPHead on ResNet-50/101 (V1c).
+    """Convert an mmsegmentation checkpoint of NLHead / DAHead / PSPHead / ASPPHead / ANNHead / CCHead / FCNHead on
+    ResNet-50/101 (V1c).
 
     Args:
         source: the mmsegmentation ``.pth`` (``state_dict`` inside, or a plain state dict).

@@ -221,12 +221,16 @@ def _entries() -> list[ZooEntry]:
         ("danet_head", "danet", "DANet (Fu et al., CVPR 2019)", "DAHead"),
         ("ppm_head", "ppm", "PSPNet (Zhao et al., CVPR 2017)", "PSPHead"),
         ("aspp_head", "aspp", "DeepLabV3 (Chen et al., 2017)", "ASPPHead"),
+        ("ann_head", "ann", "ANN (Zhu et al., ICCV 2019)", "ANNHead"),
+        ("ccnet_head", "ccnet", "CCNet (Huang et al., ICCV 2019)", "CCHead"),
+        ("fcn_head", "fcn", "FCN (Long et al., CVPR 2015)", "FCNHead"),
     )
     for name, head, source, head_class in originals:
+        where = "layer3 and layer4" if head == "ann" else "layer4"
         for depth in (50, 101):
             entries.append(ZooEntry(
                 f"{name}_r{depth}", functools.partial(context_head, head, backbone_options=_on(HEADS_BACKBONE, depth)),
-                "original", "", f"{source} head on layer4 at 1/8, as mmsegmentation's {head_class} (R-{depth})",
+                "original", "", f"{source} head on {where} at 1/8, as mmsegmentation's {head_class} (R-{depth})",
                 ANN_INPUT))
     return entries
 
