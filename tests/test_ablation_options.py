@@ -167,3 +167,29 @@ def test_model_options_reach_the_blocks():
     apnb, afnb = released.decoder.context, released.decoder.fusion
     assert (apnb.pool_sizes, apnb.pool_mode, apnb.scaled, apnb.query) == ((1, 3, 6, 8), "avg", True, None)
     assert isinstance(afnb.out_proj, torch.nn.Conv2d) and afnb.scaled
+
+
+def test_denoised_nl_paper_class_map_is_a_1x1_conv_on_the_blocks_input():
+    """class_map_source="features": GR's P_coarse = conv1x1(F) (Denoised NL §III-D), softmax over classes, then the
+    block's equation; the layer3 head stays an auxiliary output and the decoder no longer reads it."""
+    from nlseg.ops import denoised_attention_reference
+
+    torch.manual_seed(0)
+    model = create_model("denoised_nl_r18", num_classes=3, backbone_width=8, head_channels=16, key_channels=8,
+                         class_map_source="features").double().eval()
+    decoder = model.decoder
+    assert decoder.aux_inputs == () and decoder.class_conv.in_channels == 16
+    block = decoder.block
+    torch.nn.init.constant_(block.gamma, 0.7)
+    f = torch.randn(1, 16, 6, 7, dtype=F64, generator=seeded(0))
+    with torch.no_grad():
+        probs = decoder.class_conv(f).softmax(dim=1)  # (B, K, h, w)
+        attended = denoised_attention_reference(block.query(f), block.key(f), block.value(f), probs)
+        torch.testing.assert_close(decoder.apply_block(f, {}), 0.7 * attended + f)
+        assert len(model(torch.zeros(1, 3, 64, 64, dtype=F64), with_aux=True)["aux"]) == 2
+    released = create_model("denoised_nl_r18", num_classes=3, backbone_width=8)
+    assert released.decoder.aux_inputs == ("layer3",) and not hasattr(released.decoder, "class_conv")
+    for options, message in (({"class_map_source": "logits"}, "unknown class_map_source 'logits'"),
+                             ({"class_map_source": "features", "rectify": False}, "needs rectify=True")):
+        with pytest.raises(ValueError, match=message):
+            create_model("denoised_nl_r18", num_classes=3, backbone_width=8, **options)
