@@ -56,7 +56,7 @@ def test_every_row_of_both_papers_is_registered():
         **{f"{f}_head": (50, 101) for f in ("nl", "danet", "ppm", "aspp", "ann", "ccnet", "fcn")},  # original networks
         **{
             f: (50, 101)
-            for f in ("ann", "ann_nb", "ann_apnb", "ann_common_fusion", "ann_fnb", "ann_afnb")
+            for f in ("ann", "ann_baseline", "ann_nb", "ann_apnb", "ann_common_fusion", "ann_fnb", "ann_afnb")
             + ("ann_common_fusion_nb", "ann_fnb_nb")
         },
     }
@@ -72,14 +72,17 @@ SHARED = dict(norm_layer=BN, backbone_width=64, output_stride=8, stem_ceil_mode=
 FCN_OPTIONS = SHARED | dict(stem="classic", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
                             aux_layers=("layer3",), align_corners=True, grad_checkpointing=False)
 ANN_OPTIONS = SHARED | dict(stem="classic", head_channels=512, key_channels=256, value_channels=256, dropout=0.05,
-                            align_corners=True, grad_checkpointing=False)
+                            align_corners=True, grad_checkpointing=False,
+                            # the ablation options (Tables 7 and 9, paper vs release switches) default to the release
+                            context_pool_sizes=(1, 3, 6, 8), context_pool_mode="avg", fusion_stages=("layer3",),
+                            share_key_query=True, share_key_value=False, norm_after_wo=False, scaled_attention=True)
 PIPELINE_OPTIONS = SHARED | dict(stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True, head_channels=512,
                                  dropout=0.05, global_context=True, align_corners=True, grad_checkpointing=False,
                                  init="released")
 HEAD_OPTIONS = SHARED | dict(stem="v1c", multi_grid=None, dilate_first_block=False, head_channels=512, dropout=0.1,
                              align_corners=False, grad_checkpointing=False)
 DNL_OPTIONS = PIPELINE_OPTIONS | dict(key_channels=64, kernel_size=3, rectify=True, retain=True, detach_class_probs=False,
-                                      qkv_bias=False)
+                                      qkv_bias=False, class_map_source="layer3_head")
 
 
 def expected_options(name: str) -> dict:

@@ -48,7 +48,9 @@ def test_unknown_name_lists_the_zoo():
 
 
 def _defaults_dropped(name: str, options: dict) -> dict:
+    """``options`` less those at their default; lists (as YAML gives them) read as tuples."""
     defaults = model_options(name)
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
     return {k: v for k, v in options.items() if defaults.get(k) != v}
 
 

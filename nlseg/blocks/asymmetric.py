@@ -40,27 +40,35 @@ def asymmetric_attention(
     pool_mode: str,
     *,
     fused: bool = True,
+    scaled: bool = True,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """``softmax(Ck^-1/2 · q P(k)ᵀ) P(v)`` on maps (ANN Eq. 9-10 and 15-16).
+    """``softmax(s · q P(k)ᵀ) P(v)`` on maps (ANN Eq. 9-10 and 15-16), s = Ck^-1/2 (released) or 1 (the paper's).
 
     Args:
         query: (B, Ck, H, W), one output position per query position.
         key: (B, Ck, H', W'), any size.
         value: (B, Cv, H', W').
         pool_sizes: pyramid levels of P; None keeps all H'·W' positions (plain / fusion non-local).
-        pool_mode: "avg" or "max".
+        pool_mode: "avg", "max" or "random" (key and value then share their random positions).
         fused: nlseg's fused kernel (True) or the materialised N x S map (the reference path).
+        scaled: s = Ck^-1/2 as the released code (True), or no scale as the paper's Eq. 9 and 15 (False).
+        generator: where "random" draws its positions (None: the global generator).
 
     Returns:
         (B, Cv, H, W).
     """
     if pool_sizes is None:
         key, value = key.flatten(2), value.flatten(2)  # (B, C, N')
+    elif pool_mode == "random":  # one draw for both: key and value anchors at the same positions
+        anchors = pyramid_sample(torch.cat([key, value], dim=1), pool_sizes, pool_mode, generator=generator)
+        key, value = anchors.split([key.shape[1], value.shape[1]], dim=1)  # (B, Ck, S), (B, Cv, S)
     else:
         key = pyramid_sample(key, pool_sizes, pool_mode)  # (B, Ck, S)
         value = pyramid_sample(value, pool_sizes, pool_mode)  # (B, Cv, S)
     attention = nonlocal_attention if fused else nonlocal_attention_reference
-    out = attention(to_tokens(query), key.transpose(1, 2), value.transpose(1, 2))  # (B, N, Cv)
+    scale = None if scaled else 1.0
+    out = attention(to_tokens(query), key.transpose(1, 2), value.transpose(1, 2), scale=scale)  # (B, N, Cv)
     return to_map(out, *query.shape[-2:])
 
 
@@ -71,6 +79,8 @@ class APNB(nn.Module):
 
     ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
     materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
+    ``generator`` (attribute, default None: the global generator) is where ``pool_mode="random"`` draws its
+    anchor positions, afresh at every forward.
 
     Args:
         in_channels: channels C of x.
@@ -79,8 +89,12 @@ class APNB(nn.Module):
         value_channels: channels Cv of the value.
         pool_sizes: pyramid levels (S = Σ n² anchors); None attends to all N positions, which is ANN's
             "NB" as released (and OCNet's base object-context block).
-        pool_mode: "avg" (released) or "max".
+        pool_mode: "avg" (released), "max" or "random" (ANN Table 7).
         share_key_query: one conv + BN + ReLU for key and query (released); False gives each its own.
+        share_key_value: the paper's sharing (Fig. 3 caption, §3.4: "W_θ and W_γ share parameters", θ the key and
+            γ the value): the value is the key's conv + BN + ReLU, the query has its own (needs
+            ``share_key_query=False`` and ``value_channels == key_channels``).
+        scaled: Ck^-1/2 on q · k (released); False: no scale (the paper's Eq. 9).
         norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
         dropout: Dropout2d rate after the fusion conv.
         shared_norm_updates: how many running-statistics updates the shared key/query norm makes per training
@@ -102,6 +116,8 @@ class APNB(nn.Module):
         *,
         pool_mode: str = "avg",
         share_key_query: bool = True,
+        share_key_value: bool = False,
+        scaled: bool = True,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         dropout: float = 0.05,
         shared_norm_updates: int = 2,
@@ -110,18 +126,25 @@ class APNB(nn.Module):
         name = type(self).__name__
         if shared_norm_updates not in (1, 2):
             raise ValueError(f"{name}: shared_norm_updates must be 1 or 2, got {shared_norm_updates!r}")
+        if share_key_value and share_key_query:
+            raise ValueError(f"{name}: share_key_value (the paper's) and share_key_query (released) exclude each other")
+        if share_key_value and value_channels != key_channels:
+            raise ValueError(f"{name}: share_key_value needs value_channels == key_channels, got {value_channels} "
+                             f"and {key_channels}")
         out_channels = in_channels if out_channels is None else out_channels
         check_channels(name, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels)
         self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
         self.pool_mode = pool_mode
+        self.scaled = scaled
         self.out_channels = out_channels
         self.fused = True
+        self.generator: torch.Generator | None = None
         self.key = ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
         self.query = None if share_key_query else ConvNormAct(in_channels, key_channels, 1, norm_layer=norm_layer)
         norm = self.key[1]
         if share_key_query and getattr(norm, "momentum", None) is not None:  # two updates with the same batch
             norm.momentum = 1 - (1 - norm.momentum) ** shared_norm_updates
-        self.value = nn.Conv2d(in_channels, value_channels, 1)
+        self.value = None if share_key_value else nn.Conv2d(in_channels, value_channels, 1)
         self.out_proj = nn.Conv2d(value_channels, in_channels, 1)  # Wo
         nn.init.zeros_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
@@ -137,8 +160,10 @@ class APNB(nn.Module):
     def attend(self, x: Tensor) -> Tensor:
         """The attention branch alone: (B, C, H, W) -> ``Wo(softmax(Ck^-1/2 q P(k)ᵀ) P(v))`` (B, C, H, W)."""
         query, key = self.query_key(x)
+        value = key if self.value is None else self.value(x)  # the paper's key/value sharing, or a plain conv
         context = asymmetric_attention(
-            query, key, self.value(x), self.pool_sizes, self.pool_mode, fused=self.fused
+            query, key, value, self.pool_sizes, self.pool_mode, fused=self.fused, scaled=self.scaled,
+            generator=self.generator,
         )  # (B, Cv, H, W)
         return self.out_proj(context)
 
@@ -165,6 +190,7 @@ class AFNB(nn.Module):
 
     ``fused`` (attribute, default True) picks the op's fast path; False runs its plain reference path, which
     materialises the attention map as the released code does (see :func:`nlseg.blocks.set_fused`).
+    ``generator`` (attribute) is where ``pool_mode="random"`` draws, as in :class:`APNB`.
 
     ``forward(low, high)``: low = stage 4 (layer3), high = stage 5 (layer4). The output has high's
     spatial size; low may have another size.
@@ -176,9 +202,10 @@ class AFNB(nn.Module):
         key_channels: channels Ck of key/query.
         value_channels: channels Cv of the value.
         pool_sizes: pyramid levels of the sampling; None keeps all low positions (FNB).
-        pool_mode: "avg" (released) or "max".
+        pool_mode: "avg" (released), "max" or "random".
         norm_after_wo: add the BN after ``Wo`` that ANN's supplement reports helps AFNB used alone. The
             zero initialisation then moves from ``Wo`` to that BN's γ, so ``Wo(O)`` still starts at 0.
+        scaled: Ck^-1/2 on q · k (released); False: no scale (the paper's Eq. 15).
         norm_layer: normalisation class (BatchNorm2d, or SyncBatchNorm when distributed).
         dropout: Dropout2d rate after the fusion conv.
     """
@@ -196,6 +223,7 @@ class AFNB(nn.Module):
         *,
         pool_mode: str = "avg",
         norm_after_wo: bool = False,
+        scaled: bool = True,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         dropout: float = 0.05,
     ) -> None:
@@ -204,8 +232,10 @@ class AFNB(nn.Module):
         check_channels(name, key_channels=key_channels, value_channels=value_channels, out_channels=out_channels)
         self.pool_sizes = _check_pooling(name, pool_sizes, pool_mode)
         self.pool_mode = pool_mode
+        self.scaled = scaled
         self.out_channels = out_channels
         self.fused = True
+        self.generator: torch.Generator | None = None
         self.query = ConvNormAct(high_channels, key_channels, 1, norm_layer=norm_layer)
         self.key = ConvNormAct(low_channels, key_channels, 1, norm_layer=norm_layer)
         self.value = nn.Conv2d(low_channels, value_channels, 1)
@@ -224,7 +254,8 @@ class AFNB(nn.Module):
     def forward(self, low: Tensor, high: Tensor) -> Tensor:
         """low (B, C_l, H_l, W_l), high (B, C_h, H, W) -> (B, out_channels, H, W)."""
         context = asymmetric_attention(
-            self.query(high), self.key(low), self.value(low), self.pool_sizes, self.pool_mode, fused=self.fused
+            self.query(high), self.key(low), self.value(low), self.pool_sizes, self.pool_mode, fused=self.fused,
+            scaled=self.scaled, generator=self.generator,
         )  # (B, Cv, H, W)
         return self.fuse(torch.cat([self.out_proj(context), high], dim=1))
 
@@ -241,6 +272,7 @@ class FNB(AFNB):
         value_channels: int = 256,
         *,
         norm_after_wo: bool = False,
+        scaled: bool = True,
         norm_layer: type[nn.Module] = nn.BatchNorm2d,
         dropout: float = 0.05,
     ) -> None:
@@ -252,6 +284,7 @@ class FNB(AFNB):
             value_channels,
             pool_sizes=None,
             norm_after_wo=norm_after_wo,
+            scaled=scaled,
             norm_layer=norm_layer,
             dropout=dropout,
         )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,7 @@ def denoised_nl(
     detach_class_probs: bool = False,
     qkv_bias: bool = False,
     init: str = "released",
+    class_map_source: Literal["layer3_head", "features"] = "layer3_head",
 ) -> Segmentor:
     """The Denoised NL network (§III-B, §III-F): the pipeline with the Denoised NL block at 1/16.
 
@@ -97,7 +99,16 @@ def denoised_nl(
         detach_class_probs: stop GR's gradient from reaching the layer3 head (released: it does reach it).
         qkv_bias: give the block's q, k and v convolutions a bias (released: none).
         init: ``"released"`` (:func:`released_init`) or ``"pytorch"`` (each module's own initialisation).
+        class_map_source: where Global Rectifying's class map comes from: ``"layer3_head"`` the layer3 auxiliary
+            head's logits (released ``DNL.conv_out3(x2)``), or ``"features"`` a 1x1 convolution F -> K on the
+            block's input (§III-D: "predict the coarse segmentation result P_coarse ... via a 1 × 1
+            convolutional layer"), not supervised, softmax over classes as released.
     """
+    sources = ("layer3_head", "features")
+    if class_map_source not in sources:
+        raise ValueError(f"denoised_nl: unknown class_map_source {class_map_source!r}; expected one of {sources}")
+    if class_map_source == "features" and (not rectify or detach_class_probs):
+        raise ValueError("denoised_nl: class_map_source='features' needs rectify=True and detach_class_probs=False")
     block = functools.partial(
         create_block,
         "denoised_nl",
@@ -110,7 +121,8 @@ def denoised_nl(
     )  # DenoisedNL has no norm: it takes no norm_layer
     return _pipeline(
         lambda channels, norm_layer: block(channels),
-        class_stage="layer3" if rectify else None,
+        class_stage="layer3" if rectify and class_map_source == "layer3_head" else None,
+        class_conv=class_map_source == "features",
         detach_class_probs=detach_class_probs,
         num_classes=num_classes,
         pretrained_backbone=pretrained_backbone,
@@ -159,6 +171,7 @@ def denoised_nl_pipeline(
     return _pipeline(
         block,
         class_stage=None,
+        class_conv=False,
         detach_class_probs=False,
         num_classes=num_classes,
         pretrained_backbone=pretrained_backbone,
@@ -183,6 +196,7 @@ def _pipeline(
     block: BlockFactory | None,
     *,
     class_stage: str | None,
+    class_conv: bool,
     detach_class_probs: bool,
     num_classes: int,
     pretrained_backbone: str | os.PathLike[str] | None,
@@ -233,6 +247,7 @@ def _pipeline(
         pooled,
         head,
         class_stage=class_stage,
+        class_conv=nn.Conv2d(head_channels, num_classes, 1) if class_conv else None,
         detach_class_probs=detach_class_probs,
         align_corners=align_corners,
     )
@@ -266,6 +281,7 @@ class DenoisedNLDecoder(nn.Module):
         global_context: X -> (B, C, 1, 1) (the paper's global-context branch), or None.
         head: cat(X, fused[, global context]) -> K logits.
         class_stage: the stage whose auxiliary logits the block reads, or None.
+        class_conv: F -> K logits for the block (the paper's Global Rectifying input, §III-D), or None.
         detach_class_probs: stop the block's gradient from reaching those logits.
         align_corners: of the x2 upsampling.
     """
@@ -279,16 +295,21 @@ class DenoisedNLDecoder(nn.Module):
         head: nn.Module,
         *,
         class_stage: str | None,
+        class_conv: nn.Module | None = None,
         detach_class_probs: bool,
         align_corners: bool,
     ) -> None:
         super().__init__()
+        if class_stage is not None and class_conv is not None:
+            raise ValueError("DenoisedNLDecoder: the class map comes from class_stage or class_conv, not both")
         self.reduction = reduction
         self.block = block
         self.fuse = fuse
         self.global_context = global_context
         self.head = head
         self.class_stage = class_stage
+        if class_conv is not None:  # only then: a model without it keeps its state-dict keys
+            self.class_conv = class_conv
         self.detach_class_probs = detach_class_probs
         self.align_corners = align_corners
 
@@ -301,6 +322,8 @@ class DenoisedNLDecoder(nn.Module):
         """The block on the reduced map x (B, C, h, w); ``aux`` holds the auxiliary logits by stage."""
         if self.block is None:
             return x
+        if hasattr(self, "class_conv"):
+            return self.block(x, self.class_conv(x))  # the paper's P_coarse: (B, K, h, w), softmaxed in the block
         if self.class_stage is None:
             return self.block(x)
         logits = aux[self.class_stage]  # (B, K, H/8, W/8), resized and softmaxed inside the block

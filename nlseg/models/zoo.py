@@ -26,7 +26,7 @@ from nlseg.models.fcn import fcn
 from nlseg.models.heads import HEADS_BACKBONE, context_head
 from nlseg.registry import MODELS, Registry
 
-__all__ = ["ANN_INPUT", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
+__all__ = ["ANN_INPUT", "ANN_TABLE7", "ANN_TABLE9", "ANN_RELEASED_BACKBONE", "DNL_INPUT", "ZOO", "ZooEntry", "ZooVariant", "zoo_entry"]
 
 ANN_INPUT: tuple[int, int] = (1024, 2048)
 """(H, W) at which ANN measures its networks (Table 2: whole 2048 x 1024 Cityscapes images)."""
@@ -41,6 +41,24 @@ DNL_BASELINE_AS_FCN: Mapping[str, Any] = MappingProxyType(
     dict(aux_layers=("layer2", "layer3"), stem="deep", multi_grid=(1, 2, 4), dilate_first_block=True)
 )
 """FCN options that give the Denoised NL tables' backbone and auxiliary heads (see docs/models.md)."""
+
+ANN_TABLE7: tuple[tuple[str, str, tuple[int, ...], float], ...] = (
+    ("random", "random", (15,), 78.2),
+    ("max", "max", (15,), 78.1),
+    ("average", "avg", (15,), 78.4),
+    ("pyramid random", "random", (1, 2, 3, 6), 78.8),
+    ("pyramid max", "max", (1, 2, 3, 6), 79.1),
+    ("pyramid average", "avg", (1, 2, 3, 6), 79.3),
+    ("pyramid average", "avg", (1, 3, 6, 8), 79.9),
+    ("pyramid average", "avg", (1, 4, 8, 12), 80.1),
+)
+"""ANN Table 7 (Cityscapes val, the Full model): sampling method, ``pool_mode``, n, mIoU; S = Σ n²."""
+ANN_TABLE9: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("4 & 5", ("layer3",), 77.1),
+    ("3 & 5, 4 & 5", ("layer2", "layer3"), 76.7),
+    ("2 & 5, 3 & 5, 4 & 5", ("layer1", "layer2", "layer3"), 76.2),
+)
+"""ANN Table 9 (Cityscapes val, + AFNB): the stages fused into Stage5, ``fusion_stages``, mIoU."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +168,7 @@ def _entries() -> list[ZooEntry]:
     ]
     # ANN Table 6: name, fusion, context, row, mIoU (ResNet-101, Cityscapes val)
     table6 = (
+        ("ann_baseline", None, None, "Baseline, as the + rows build it (the ANN network without blocks)", 75.8),
         ("ann_nb", None, "nb", "+ NB", 78.4),
         ("ann_apnb", None, "apnb", "+ APNB", 78.6),
         ("ann_common_fusion", "common_fusion", None, "+ Common fusion", 76.5),
@@ -159,6 +178,16 @@ def _entries() -> list[ZooEntry]:
         ("ann_fnb_nb", "fnb", "nb", "+ FNB + NB", 79.7),
         ("ann", "afnb", "apnb", "+ AFNB + APNB (Full)", 79.9),
     )
+    released = ZooVariant  # the recipes' rows: on the released backbone (ANN_RELEASED_BACKBONE)
+    ablations = {  # ANN Table 7 (the Full model's APNB sampling) and Table 9 (the stages AFNB fuses into Stage5)
+        "ann": tuple(
+            released(f"ANN Table 7: APNB {method}, n = {','.join(map(str, sizes))}, S = {sum(n * n for n in sizes)}",
+                     {**ANN_RELEASED_BACKBONE, "context_pool_sizes": sizes, "context_pool_mode": mode}, miou)
+            for method, mode, sizes, miou in ANN_TABLE7 if (sizes, mode) != ((1, 3, 6, 8), "avg")),
+        "ann_afnb": tuple(
+            released(f"ANN Table 9: AFNB fusing {fused}", {**ANN_RELEASED_BACKBONE, "fusion_stages": stages}, miou)
+            for fused, stages, miou in ANN_TABLE9 if stages != ("layer3",)),
+    }
     for name, fusion, context, row, miou in table6:
         r50, r101 = (functools.partial(ann, fusion, context, backbone_options=_on(ANN_BACKBONE, d)) for d in (50, 101))
         entries.append(ZooEntry(
@@ -170,7 +199,7 @@ def _entries() -> list[ZooEntry]:
             f"{row} (R-101)", ANN_INPUT, miou=miou, block=context,
             params_m=63.17 if full else None, memory_mb=3375 if full else None, inference_s=0.611 if full else None,
             variants=(ZooVariant("ANN released code: deep-base ResNet-101, ceil-mode stem pool (the recipes)",
-                                 ANN_RELEASED_BACKBONE, miou),)))
+                                 ANN_RELEASED_BACKBONE, miou), *ablations.get(name, ()))))
     r18 = _on(DENOISED_NL_BACKBONE, 18, multi_grid=(1, 2))  # ResNet-18's layer4 has two blocks
     entries += [
         ZooEntry("denoised_nl_r18", functools.partial(denoised_nl, backbone_options=r18), "demo", "",

@@ -9,7 +9,13 @@ from nlseg.ops.channel import channel_attention, channel_attention_reference
 from nlseg.ops.criss_cross import criss_cross_attention, criss_cross_attention_reference
 from nlseg.ops.denoised import denoised_attention, denoised_attention_reference
 from nlseg.ops.local import local_aggregate, local_aggregate_reference, local_relation, local_relation_reference
-from nlseg.ops.pyramid import POOL_MODES, adaptive_avg_pool, pyramid_sample, pyramid_sample_reference
+from nlseg.ops.pyramid import (
+    POOL_MODES,
+    adaptive_avg_pool,
+    pyramid_sample,
+    pyramid_sample_reference,
+    random_anchor_positions,
+)
 from nlseg.ops.rows import apnb_row, criss_cross_row, denoised_attention_rows, nonlocal_row
 
 __all__ = [
@@ -33,4 +39,5 @@ __all__ = [
     "nonlocal_row",
     "pyramid_sample",
     "pyramid_sample_reference",
+    "random_anchor_positions",
 ]

@@ -9,6 +9,13 @@ While ``torch.export`` or the ONNX exporter traces (:func:`nlseg.ops.local.expor
 :func:`adaptive_avg_pool` in its matrix form, whose bins follow the traced map's size (ONNX has no adaptive
 pooling: ``F.adaptive_avg_pool2d`` would be written with the example's bins as constants), and max pooling
 takes the reference path's one slice per bin (a graph for the example's size only).
+
+Random sampling (ANN Table 7, "random" and "pyramid random"): level n draws n² positions of the whole map with
+replacement (``numpy.random.choice(H·W, n²)``'s default, as the paper's note on Table 7 names it; its released code
+has no random sampling), uniformly and independently, one draw per call shared by the batch and the channels. The
+positions come from the ``generator`` passed in (the global generator when None), level by level in ``sizes`` order,
+so two calls with equally seeded generators pick the same anchors. Sample key and value in one call (concatenated
+along channels) so that they share their anchors.
 """
 from __future__ import annotations
 
@@ -20,9 +27,10 @@ from torch import Tensor
 
 from nlseg.ops.local import exporting
 
-__all__ = ["POOL_MODES", "adaptive_avg_pool", "pyramid_sample", "pyramid_sample_reference"]
+__all__ = ["POOL_MODES", "adaptive_avg_pool", "pyramid_sample", "pyramid_sample_reference", "random_anchor_positions"]
 
-POOL_MODES = ("avg", "max")
+POOL_MODES = ("avg", "max", "random")
+"""Pyramid sampling methods: adaptive average or max pooling per bin (ANN Fig. 4), or random positions (Table 7)."""
 
 
 def _check(x: Tensor, sizes: Sequence[int], mode: str) -> None:
@@ -86,18 +94,40 @@ def adaptive_avg_pool(x: Tensor, bins: int, *, traceable: bool | None = None) ->
     return rows @ x @ cols.T  # (n, H) @ (B, C, H, W) -> (B, C, n, W); @ (W, n) -> (B, C, n, n)
 
 
-def pyramid_sample(x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "avg") -> Tensor:
+def random_anchor_positions(
+    height: int, width: int, sizes: Sequence[int], generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """Random sampling's anchor positions: for each n in ``sizes``, n² flat indices into the H·W positions.
+
+    Each level is one ``torch.randint(H·W, (n²,))`` from ``generator`` (drawn on its device; the global CPU
+    generator when None): uniform, with replacement, as ``numpy.random.choice(H·W, n²)``.
+
+    Returns:
+        One (n²,) int64 tensor per level, on the generator's device.
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    return [torch.randint(height * width, (n * n,), generator=generator, device=device) for n in sizes]
+
+
+def pyramid_sample(
+    x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "avg", *, generator: torch.Generator | None = None
+) -> Tensor:
     """Pool ``x`` to every n x n grid in ``sizes`` and concatenate the flattened grids (ANN Eq. 8).
 
     Args:
         x: feature map (B, C, H, W).
         sizes: output grid side n of each pyramid level, in concatenation order.
-        mode: "avg" (released ANN model) or "max" (ANN Fig. 4, Table 7).
+        mode: "avg" (released ANN model), "max" (ANN Fig. 4, Table 7) or "random" (Table 7: n² random positions
+            per level, :func:`random_anchor_positions`).
+        generator: where "random" draws its positions (None: the global generator); unused by "avg" and "max".
 
     Returns:
         (B, C, S) anchors, S = Σ n².
     """
     _check(x, sizes, mode)
+    if mode == "random":
+        index = torch.cat(random_anchor_positions(*x.shape[-2:], sizes, generator)).to(x.device)  # (S,)
+        return x.flatten(2).index_select(2, index)  # (B, C, H·W) -> (B, C, S)
     if mode == "max" and exporting():
         return pyramid_sample_reference(x, sizes, mode)  # one slice per bin: a graph for this size only
     pool = adaptive_avg_pool if mode == "avg" else F.adaptive_max_pool2d
@@ -109,11 +139,21 @@ def _bin(index: int, bins: int, length: int) -> slice:
     return slice(index * length // bins, -(-(index + 1) * length // bins))
 
 
-def pyramid_sample_reference(x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "avg") -> Tensor:
-    """Plain path of :func:`pyramid_sample`: every bin reduced over its index range, one at a time."""
+def pyramid_sample_reference(
+    x: Tensor, sizes: Sequence[int] = (1, 3, 6, 8), mode: str = "avg", *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Plain path of :func:`pyramid_sample`: every bin reduced over its index range, one at a time; "random" reads
+    its positions one at a time as (row, column) = divmod(index, W), drawing level by level as the fast path."""
     _check(x, sizes, mode)
     height, width = x.shape[-2:]
     anchors = []
+    if mode == "random":
+        for n in sizes:
+            for index in torch.randint(height * width, (n * n,), generator=generator,
+                                       device=generator.device if generator is not None else "cpu").tolist():
+                row, column = divmod(index, width)
+                anchors.append(x[:, :, row, column])  # (B, C)
+        return torch.stack(anchors, dim=2)  # (B, C, S)
     for n in sizes:
         for i in range(n):
             for j in range(n):
