@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the vs-mmseg parts
+from vsmmseg.mmseg_side import no_sync_bn  # noqa: E402
+
 CONFIGS = {
     "nl": "nonlocal_net/nonlocal_r50-d8_4xb2-40k_cityscapes-512x1024.py",
     "danet": "danet/danet_r50-d8_4xb2-40k_cityscapes-512x1024.py",
@@ -43,14 +46,6 @@ CONFIGS = {
     "fcn": "fcn/fcn_r50-d8_4xb2-40k_cityscapes-512x1024.py",
 }
 SIZE = (64, 96)
-
-
-def _no_sync_bn(cfg):
-    if isinstance(cfg, dict):
-        return {k: ("BN" if k == "type" and v == "SyncBN" else _no_sync_bn(v)) for k, v in cfg.items()}
-    if isinstance(cfg, (list, tuple)):
-        return type(cfg)(_no_sync_bn(v) for v in cfg)
-    return cfg
 
 
 def criss_cross(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -95,7 +90,7 @@ def _build(config: str, narrow: bool = False):
 
     register_all_modules()
     cc_head.CrissCrossAttention = CrissCrossStandIn
-    model_cfg = _no_sync_bn(Config.fromfile(Path(mmseg.__file__).parent / ".mim" / "configs" / config).model.to_dict())
+    model_cfg = no_sync_bn(Config.fromfile(Path(mmseg.__file__).parent / ".mim" / "configs" / config).model.to_dict())
     model_cfg["pretrained"] = None
     model_cfg["backbone"].pop("init_cfg", None)
     if narrow:
