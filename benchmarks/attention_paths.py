@@ -75,8 +75,8 @@ def _shape(text: str) -> tuple[int, int, tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", type=_shape, default=[_shape(s) for s in
-                                                                     ("64:512:48x96", "64:512:64x128", "256:256:48x96")])
+    defaults = ("64:512:48x96", "64:512:64x128", "256:256:48x96")
+    parser.add_argument("--shapes", nargs="+", type=_shape, default=[_shape(s) for s in defaults])
     parser.add_argument("--rows", nargs="*", type=int, default=[64, 128, 256])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)

@@ -96,8 +96,9 @@ def nonlocal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None =
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """``softmax(scale · q kᵀ) v`` by SDPA: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv). On the CPU, Ck != Cv
-    is zero-padded to one head width for the flash kernel (the path export takes, and the benchmarks' baseline)."""
+    """``softmax(scale · q kᵀ) v`` by SDPA: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv). On the CPU,
+    Ck != Cv is zero-padded to one head width for the flash kernel (the path export takes; the benchmarks'
+    baseline)."""
     ck, cv = q.shape[-1], v.shape[-1]
     # (B, 1, N, C): the fused kernels want a head axis and a unit-stride channel axis.
     q, k, v = (t.unsqueeze(1) if t.stride(-1) == 1 else t.contiguous().unsqueeze(1) for t in (q, k, v))
