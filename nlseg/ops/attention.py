@@ -142,6 +142,7 @@ class _QueryRowAttention(torch.autograd.Function):
             denom = weights.sum(-1, keepdim=True)  # (B, r, 1)
             out[:, i0:i1] = torch.bmm(weights, v).div_(denom)  # (B, r, Cv)
             lse[:, i0:i1] = row_max + denom.log()
+            del scores, weights  # the next block is allocated after this one is freed
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale, ctx.rows = scale, rows
         return out
@@ -167,6 +168,7 @@ class _QueryRowAttention(torch.autograd.Function):
             d_scores = torch.bmm(d_out, v_t).sub_(row_dot[:, i0:i1]).mul_(prob)  # P ⊙ (dP - D), (B, r, Nk)
             dq[:, i0:i1] = torch.bmm(d_scores, k)  # (B, r, Ck)
             dk.baddbmm_(d_scores.transpose(1, 2), q[:, i0:i1])
+            del prob, d_scores  # the next block is allocated after this one is freed
         return dq.mul_(scale), dk.mul_(scale), dv, None, None
 
 
