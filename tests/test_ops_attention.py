@@ -10,6 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import nlseg.ops.attention as attention_module
 import nlseg.ops.pyramid as pyramid_module
+from nlseg.engine.memory import PeakMemory
 from nlseg.ops import (
     adaptive_avg_pool,
     channel_attention,
@@ -70,33 +71,69 @@ def test_nonlocal_fast_matches_reference_float32():
     assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("ck,cv", [(6, 6), (3, 10), (10, 3)])
+@pytest.mark.parametrize("ck,cv", [(6, 6), (16, 16)])
 def test_nonlocal_runs_on_the_flash_kernel(ck, cv):
     """With only the flash backend allowed, SDPA raises unless the op feeds it a kernel-compatible layout
-    (4-D, unit channel stride, one head dim) — so passing means the N x N-free kernel ran, Cv != Ck included."""
+    (4-D, unit channel stride, one head dim) — so passing means the N x N-free kernel ran."""
     torch.manual_seed(0)
     q, k, v = tokens_of_map(1, ck, 40), tokens_of_map(1, ck, 40), tokens_of_map(1, cv, 40)
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v))
 
 
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("ck,cv", [(3, 10), (10, 3)])
-def test_nonlocal_inference_takes_query_blocks_and_equals_reference(ck, cv, monkeypatch):
-    """Without gradients, Ck != Cv on the CPU: query blocks of at most BLOCK_ELEMENTS map values (here 2 x 7
-    keys x 3 rows, so 37 queries make 13 blocks, the last one short), the reference's function; with a gradient
-    to keep, the fused kernel (no Python-level products)."""
+def test_nonlocal_narrow_keys_take_query_blocks_not_sdpa(ck, cv, grad, monkeypatch):
+    """Ck != Cv on the CPU: query blocks of at most BLOCK_ELEMENTS map values (here 2 x 7 keys x 3 rows, so 37
+    queries make 13 blocks, the last one short), with or without a gradient, and never SDPA (which would pad)."""
     monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 2 * 7 * 3)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", None)  # calling it would raise
     torch.manual_seed(0)
     q, k, v = tokens_of_map(2, ck, 37), tokens_of_map(2, ck, 7), tokens_of_map(2, cv, 7)
     calls = []
-    monkeypatch.setattr(torch, "bmm", lambda *a, _bmm=torch.bmm: calls.append(1) or _bmm(*a))
-    with torch.no_grad(), sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        got = nonlocal_attention(q, k, v, scale=0.5)
+    monkeypatch.setattr(torch, "bmm", lambda *a, _bmm=torch.bmm, **kw: calls.append(1) or _bmm(*a, **kw))
+    with torch.set_grad_enabled(grad):
+        got = nonlocal_attention(q.requires_grad_(grad), k, v, scale=0.5)
     assert len(calls) == 2 * 13  # q kᵀ and the product with v, per block
-    calls.clear()
-    nonlocal_attention(q.requires_grad_(True), k, v, scale=0.5)
-    assert calls == []
     torch.testing.assert_close(got, nonlocal_attention_reference(q, k, v, scale=0.5), **TIGHT)
+
+
+@pytest.mark.parametrize("ck,cv,scale", [(3, 10, None), (10, 3, 1.0), (1, 5, 0.3)])
+def test_nonlocal_query_blocks_match_reference_and_gradcheck(ck, cv, scale, monkeypatch):
+    """Several blocks, the last one short, in float64: the reference's function and gradients, and gradcheck."""
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 2 * 23 * 4)  # 4 query rows per block
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(2, ck, 37), tokens_of_map(2, ck, 23), tokens_of_map(2, cv, 23)
+    assert_same_function(
+        lambda *t: nonlocal_attention(*t, scale=scale), lambda *t: nonlocal_attention_reference(*t, scale=scale),
+        (q, k, v),
+    )
+    leaves = [t[:1, :9].detach().clone().requires_grad_() for t in (q, k, v)]  # 9 queries, 9 keys: 3 blocks of 4
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 9 * 4)
+    assert torch.autograd.gradcheck(lambda *t: nonlocal_attention(*t, scale=scale), leaves)
+
+
+def test_nonlocal_query_blocks_match_reference_float32_odd_sizes(monkeypatch):
+    """float32, odd Nq and Nk, batch 3, a short last block: reference values and gradients to float32 rounding."""
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 3 * 157 * 50)  # 50 rows per block: 301 = 6 x 50 + 1
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(3, 7, 301, torch.float32), tokens_of_map(3, 7, 157, torch.float32), tokens_of_map(
+        3, 45, 157, torch.float32)
+    assert_same_function(nonlocal_attention, nonlocal_attention_reference, (q, k, v), rtol=1e-4, atol=1e-5)
+    assert_same_function(lambda *t: nonlocal_attention(*t, scale=1.0),
+                         lambda *t: nonlocal_attention_reference(*t, scale=1.0), (q * 3, k, v), rtol=1e-4, atol=1e-4)
+
+
+def test_nonlocal_query_blocks_hold_no_map(monkeypatch):
+    """Forward + backward at Ck != Cv holds two blocks of the map at most, never the Nq x Nk map."""
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 64 * 1024)
+    torch.manual_seed(0)
+    n = 2048
+    q, k, v = (torch.randn(1, n, c, requires_grad=True) for c in (8, 8, 32))
+    with PeakMemory() as mem:
+        out = nonlocal_attention(q, k, v, scale=1.0)
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert mem.peak_bytes < n * n  # a quarter of ONE float32 N x N map (16 MiB); about 2 MiB in all
 
 
 def test_nonlocal_gradcheck():

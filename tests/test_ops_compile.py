@@ -82,3 +82,36 @@ def test_torch_export_has_no_custom_function_and_a_dynamic_size():
     assert not any("autograd" in t or "higher_order" in t for t in targets), targets
     other = [t.detach() for t in _inputs(3, 5, 12)]  # another height and width than the traced ones
     torch.testing.assert_close(program.module()(*other), denoised_attention(*other), rtol=1e-5, atol=1e-5)
+
+
+def test_nonlocal_query_blocks_compile_fullgraph_and_export_take_sdpa(monkeypatch):
+    """nonlocal_attention with Ck != Cv (the query-block Function on the CPU): fullgraph torch.compile equals eager
+    forward and backward; torch.export sees SDPA (padded), no custom Function, and the same function."""
+    import nlseg.ops.attention as attention_module
+    from nlseg.ops import nonlocal_attention
+
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 2 * 30 * 8)  # 8 query rows per block: 4 blocks
+    g = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 30, 4, generator=g), torch.randn(2, 30, 4, generator=g)
+    v = torch.randn(2, 30, 12, generator=g)
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+
+    def values_and_grads(fn) -> list[Tensor]:
+        out = fn(*inputs)
+        return [out.detach(), *torch.autograd.grad(out.square().sum(), inputs)]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *t: nonlocal_attention(*t, scale=1.0), fullgraph=True, backend="aot_eager")
+    eager = values_and_grads(lambda *t: nonlocal_attention(*t, scale=1.0))
+    for a, b in zip(values_and_grads(compiled), eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    class Attention(torch.nn.Module):
+        def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return nonlocal_attention(q, k, v, scale=1.0)
+
+    program = torch.export.export(Attention(), tuple(t.detach() for t in inputs))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert not any("autograd" in t or "higher_order" in t for t in targets), targets
+    assert any("scaled_dot_product" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(*(t.detach() for t in inputs)), eager[0], rtol=1e-5, atol=1e-5)

@@ -12,8 +12,9 @@ them. :func:`measure` then
 * counts its **FLOPs on the META device**: the workload is built again on meta (same shapes, nothing is
   computed) and its step runs under PyTorch's ``FlopCounterMode``, which counts 2 FLOPs per multiply-add,
   convolutions and matrix products only (norms, activations, softmax, pooling and resizing are not
-  counted). Counting on meta gives the algorithm's work: on CPU the non-local op zero-pads the narrower of
-  q/k and v for the flash kernel (:mod:`nlseg.ops.attention`), which a count of the real run would include.
+  counted). Counting on meta gives the algorithm's work: while exporting, the non-local op zero-pads the
+  narrower of q/k and v for the CPU flash kernel (:mod:`nlseg.ops.attention`), which a count of that run would
+  include.
 """
 from __future__ import annotations
 

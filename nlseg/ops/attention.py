@@ -16,24 +16,44 @@ builds the map):
 * a unit-stride channel axis. Token views of a (B, C, H, W) map (``x.flatten(2).transpose(1, 2)``)
   are copied once, O(N·C).
 
-Padding costs most where Ck is far below Cv (DANet's PAM: 64 against 512, so q · k takes 8x its FLOPs).
-Where no gradient is needed on the CPU (inference), such calls instead take blocks of queries: each block's
-(B, rows, Nk) map of at most :data:`BLOCK_ELEMENTS` values is built, softmaxed and multiplied by v, the
-FLOPs of the formula itself and memory bounded by the block. Training keeps the flash kernel, whose backward
-needs no stored map.
+Padding costs most where Ck is far below Cv (DANet's PAM: 64 against 512, so q · k takes 8x its FLOPs, and
+the flash backward's three Ck-wide products as well). So on the CPU, Ck != Cv, outside export, the op instead
+takes blocks of query rows (:class:`_QueryRowAttention`): each block's (B, rows, Nk) map of at most
+:data:`BLOCK_ELEMENTS` values is built, softmaxed and multiplied by v, with the FLOPs of the formula itself;
+the backward pass recomputes each block's softmax from q, k and the saved per-row log-sum-exp, so memory is
+bounded by two blocks in either direction. Measured forward + backward on this project's 2-core CPU
+(B = 1, Nq = Nk = H·W, scale 1 as DANet's PAM; SDPA is the flash kernel, padded when Ck != Cv):
+
+    Ck   Cv   size     SDPA            query blocks (default)   speed-up   peak MiB (SDPA / blocks)
+    64   512  48x96      632 ms           352 ms (227 rows)        1.80x      72.0 / 54.8
+    64   512  64x128    1965 ms          1040 ms (128 rows)        1.89x     128.0 / 88.1
+    256  256  48x96     4421 ms         10267 ms (227 rows)        0.43x      36.0 / 57.0
+
+(``python benchmarks/attention_paths.py``, all paths of a shape alternating in one process, median of 5; blocks
+of 128-256 rows ran 1.4-1.9x, larger blocks fall out of cache; the 256/256 row was taken while other jobs
+loaded the machine, which slows both paths alike.) Ck = Cv keeps SDPA's flash kernel, nothing to
+pad and faster than Python-level blocks. While exporting, SDPA (padded) is the one traceable op.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from nlseg.ops.local import exporting
 
-__all__ = ["BLOCK_ELEMENTS", "nonlocal_attention", "nonlocal_attention_reference"]
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "nonlocal_attention",
+    "nonlocal_attention_reference",
+    "query_block_attention",
+    "sdpa_attention",
+]
 
-BLOCK_ELEMENTS = 1 << 22
-"""Values of one query block's attention map on the CPU inference path (16 MiB in float32)."""
+BLOCK_ELEMENTS = 1 << 20
+"""Values of one query block's attention map on the CPU path for Ck != Cv (4 MiB in float32): 128 rows at
+N = 8192 keys. Blocks of 128-256 rows beat 512-900 rows (cache); see the table in the module docstring."""
 
 
 def _check_tokens(q: Tensor, k: Tensor, v: Tensor) -> None:
@@ -70,9 +90,17 @@ def nonlocal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None =
     _check_tokens(q, k, v)
     ck, cv = q.shape[-1], v.shape[-1]
     scale = _resolve_scale(scale, ck)
+    if q.device.type == "cpu" and ck != cv and not exporting():
+        return query_block_attention(q, k, v, scale)
+    return sdpa_attention(q, k, v, scale)
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``softmax(scale · q kᵀ) v`` by SDPA: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv). On the CPU,
+    Ck != Cv is zero-padded to one head width for the flash kernel (the path export takes; the benchmarks'
+    baseline)."""
+    ck, cv = q.shape[-1], v.shape[-1]
     # (B, 1, N, C): the fused kernels want a head axis and a unit-stride channel axis.
-    if q.device.type == "cpu" and ck != cv and not _traced_or_differentiated(q, k, v):
-        return _by_query_blocks(q, k, v, scale)
     q, k, v = (t.unsqueeze(1) if t.stride(-1) == 1 else t.contiguous().unsqueeze(1) for t in (q, k, v))
     if q.device.type == "cpu" and ck != cv:
         # The CPU flash kernel needs one head dimension; zero channels change neither q · k nor the used outputs.
@@ -83,22 +111,65 @@ def nonlocal_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None =
     return out[..., :cv].squeeze(1)  # (B, Nq, Cv)
 
 
-def _traced_or_differentiated(*tensors: Tensor) -> bool:
-    """A gradient will flow through the call, or it is being exported (one op for any size, not a Python loop)."""
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return needs_grad or exporting()
+def query_block_attention(q: Tensor, k: Tensor, v: Tensor, scale: float, rows: int | None = None) -> Tensor:
+    """``softmax(scale · q kᵀ) v`` by blocks of query rows (:class:`_QueryRowAttention`), forward and backward, no
+    padding: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv). ``rows`` per block; None: a block of at most
+    :data:`BLOCK_ELEMENTS` map values."""
+    if rows is None:
+        rows = max(1, BLOCK_ELEMENTS // (q.shape[0] * k.shape[1]))
+    return _QueryRowAttention.apply(q, k, v, scale, rows)
 
 
-def _by_query_blocks(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
-    """``softmax(scale · q kᵀ) v`` a block of queries at a time, each block's (B, rows, Nk) map at most
-    :data:`BLOCK_ELEMENTS` values: (B, Nq, Ck), (B, Nk, Ck), (B, Nk, Cv) -> (B, Nq, Cv)."""
-    rows = max(1, BLOCK_ELEMENTS // (q.shape[0] * k.shape[1]))
-    keys = k.transpose(1, 2)  # (B, Ck, Nk)
-    blocks = [
-        torch.bmm(torch.softmax(torch.bmm(block, keys).mul_(scale), dim=-1), v)  # (B, rows, Cv)
-        for block in q.split(rows, dim=1)
-    ]
-    return torch.cat(blocks, dim=1)  # (B, Nq, Cv)
+class _QueryRowAttention(torch.autograd.Function):
+    """``softmax(scale · q kᵀ) v`` a block of query rows at a time, forward and backward, no padding.
+
+    q: (B, Nq, Ck), k: (B, Nk, Ck), v: (B, Nk, Cv), rows: query rows per block. Returns (B, Nq, Cv). Saves q, k,
+    v, the output and the per-row log-sum-exp; the backward pass recomputes each block's softmax from them
+    (flash-attention style), so at most two (B, rows, Nk) blocks exist at a time in either direction.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, rows: int) -> Tensor:
+        b, nq, _ = q.shape
+        out = v.new_empty(b, nq, v.shape[-1])
+        lse = q.new_empty(b, nq, 1)  # log Σ_j exp(scale · q_i · k_j)
+        keys = k.transpose(1, 2)  # (B, Ck, Nk)
+        for i0 in range(0, nq, rows):
+            i1 = min(nq, i0 + rows)
+            scores = torch.bmm(q[:, i0:i1], keys).mul_(scale)  # (B, r, Nk)
+            row_max = scores.amax(-1, keepdim=True)
+            weights = scores.sub_(row_max).exp_()  # softmax numerator
+            denom = weights.sum(-1, keepdim=True)  # (B, r, 1)
+            out[:, i0:i1] = torch.bmm(weights, v).div_(denom)  # (B, r, Cv)
+            lse[:, i0:i1] = row_max + denom.log()
+            del scores, weights  # the next block is allocated after this one is freed
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.rows = scale, rows
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, rows = ctx.scale, ctx.rows
+        nq = q.shape[1]
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # [scale · q_i, -lse_i] · [k_j, 1] = scale · q_i · k_j - lse_i: one matmul and one exp give the softmax P.
+        q_aug = torch.cat([q * scale, -lse], dim=-1)  # (B, Nq, Ck + 1)
+        k_aug = torch.cat([k, torch.ones_like(k[..., :1])], dim=-1).transpose(1, 2)  # (B, Ck + 1, Nk)
+        v_t = v.transpose(1, 2)  # (B, Cv, Nk)
+        row_dot = (grad_out * out).sum(-1, keepdim=True)  # D_i = dO_i · O_i, (B, Nq, 1)
+        for i0 in range(0, nq, rows):
+            i1 = min(nq, i0 + rows)
+            d_out = grad_out[:, i0:i1]  # (B, r, Cv)
+            prob = torch.bmm(q_aug[:, i0:i1], k_aug).exp_()  # P, (B, r, Nk)
+            dv.baddbmm_(prob.transpose(1, 2), d_out)
+            d_scores = torch.bmm(d_out, v_t).sub_(row_dot[:, i0:i1]).mul_(prob)  # P ⊙ (dP - D), (B, r, Nk)
+            dq[:, i0:i1] = torch.bmm(d_scores, k)  # (B, r, Ck)
+            dk.baddbmm_(d_scores.transpose(1, 2), q[:, i0:i1])
+            del prob, d_scores  # the next block is allocated after this one is freed
+        return dq.mul_(scale), dk.mul_(scale), dv, None, None
 
 
 def nonlocal_attention_reference(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:

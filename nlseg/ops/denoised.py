@@ -34,9 +34,11 @@ from nlseg.ops.local import exporting, local_aggregate, local_relation, local_re
 
 __all__ = ["CHUNK_ELEMENTS", "denoised_attention", "denoised_attention_reference"]
 
-CHUNK_ELEMENTS: int = 1 << 21
-"""Default budget of one (B, rows, N) score block: 2^21 elements, 8 MiB in float32. The backward pass
-holds three such blocks at once, so the N x N work never needs more than about 24 MiB at this setting."""
+CHUNK_ELEMENTS: int = 1 << 19
+"""Default budget of one (B, rows, N) score block: 2^19 elements, 2 MiB in float32 (113 rows at 48x96). The
+backward pass holds four such blocks at once (P, dA', G, A'), so the N x N work needs about 8 MiB at this
+setting; each block is freed before the next one is allocated. Blocks of a few MiB also run faster than larger
+ones on the CPU (they stay in cache between the products and the elementwise passes)."""
 
 
 def _rows_per_chunk(batch: int, n_queries: int, n_keys: int, chunk_size: int | None) -> int:
@@ -56,19 +58,20 @@ class _GatedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, p: Tensor | None, rows: int) -> Tensor:
         b, n, _ = q.shape
-        out = v.new_empty(b, n, v.shape[-1])
+        out = v.new_empty(b, v.shape[-1], n).transpose(1, 2)  # (B, N, Cv) over (B, Cv, N) memory: the map layout
         lse = q.new_empty(b, n)  # log Σ_j exp(q_i · k_j), kept for the backward recomputation
         k_t, p_t = k.transpose(1, 2), None if p is None else p.transpose(1, 2)
         for i0 in range(0, n, rows):
             i1 = min(n, i0 + rows)
-            scores = torch.bmm(q[:, i0:i1], k_t)  # (B, r, N)
-            row_max = scores.amax(-1, keepdim=True)
-            weights = scores.sub_(row_max).exp_()  # unnormalised softmax numerator
+            weights = torch.bmm(q[:, i0:i1], k_t)  # scores, (B, r, N)
+            row_max = weights.amax(-1, keepdim=True)
+            weights = weights.sub_(row_max).exp_()  # unnormalised softmax numerator
             denom = weights.sum(-1, keepdim=True)  # (B, r, 1)
             if p is not None:
                 weights.mul_(torch.bmm(p[:, i0:i1], p_t).sigmoid_())  # gate the numerator only
             out[:, i0:i1] = torch.bmm(weights, v).div_(denom)
             lse[:, i0:i1] = (row_max + denom.log()).squeeze(-1)
+            del weights  # the next block is allocated after this one is freed
         ctx.save_for_backward(q, k, v, p, out, lse)
         ctx.rows = rows
         return out
@@ -79,35 +82,42 @@ class _GatedAttention(torch.autograd.Function):
         q, k, v, p, out, lse = ctx.saved_tensors
         rows = ctx.rows
         n = q.shape[1]
-        grad_out = grad_out.contiguous()
-        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # grad_out is used in whatever layout it comes (bmm takes either); dv is built as (B, Cv, N), the layout of
+        # the maps it flows back to.
+        dq, dk = torch.empty_like(q), torch.zeros_like(k)
+        dv_t = v.new_zeros(v.shape[0], v.shape[2], v.shape[1])  # (B, Cv, N)
         dp = None if p is None else torch.zeros_like(p)
         # [q_i, -lse_i] · [k_j, 1] = q_i · k_j - lse_i, so one matmul and one exp give P = softmax rows.
         q_aug = torch.cat([q, -lse.unsqueeze(-1)], dim=-1)  # (B, N, Ck + 1)
         k_aug_t = torch.cat([k, torch.ones_like(k[..., :1])], dim=-1).transpose(1, 2)  # (B, Ck + 1, N)
         v_t, p_t = v.transpose(1, 2), None if p is None else p.transpose(1, 2)
-        # D_i = Σ_j A'_ij (dO_i · v_j) = dO_i · O_i: the row term of the softmax backward.
-        row_dot = (grad_out * out).sum(-1, keepdim=True)  # (B, N, 1)
         for i0 in range(0, n, rows):
             i1 = min(n, i0 + rows)
-            d_out, d_row = grad_out[:, i0:i1], row_dot[:, i0:i1]  # (B, r, Cv), (B, r, 1)
+            d_out = grad_out[:, i0:i1]  # (B, r, Cv)
+            # D_i = Σ_j A'_ij (dO_i · v_j) = dO_i · O_i: the row term of the softmax backward, (B, r, 1).
+            d_row = (d_out * out[:, i0:i1]).sum(-1, keepdim=True)
             prob = torch.bmm(q_aug[:, i0:i1], k_aug_t).exp_()  # P, (B, r, N)
             d_attn = torch.bmm(d_out, v_t)  # dL/dA', (B, r, N)
             if p is None:
-                dv.baddbmm_(prob.transpose(1, 2), d_out)
+                dv_t.baddbmm_(d_out.transpose(1, 2), prob)
                 d_scores = d_attn.sub_(d_row).mul_(prob)  # P ⊙ (dA' - D)
             else:
                 gate = torch.bmm(p[:, i0:i1], p_t).sigmoid_()  # G, (B, r, N)
-                attn = prob * gate  # A' = P ⊙ G
-                dv.baddbmm_(attn.transpose(1, 2), d_out)
+                attn = gate.mul(prob)  # A' = P ⊙ G
+                dv_t.baddbmm_(d_out.transpose(1, 2), attn)
                 grad_attn = d_attn.mul_(attn)  # E = A' ⊙ dA'
+                del attn
                 d_gate = torch.addcmul(grad_attn, grad_attn, gate, value=-1, out=gate)  # E ⊙ (1 - G)
                 dp[:, i0:i1].baddbmm_(d_gate, p)
                 dp.baddbmm_(d_gate.transpose(1, 2), p[:, i0:i1])
+                del gate, d_gate
                 d_scores = grad_attn.addcmul_(prob, d_row, value=-1)  # E - P ⊙ D
+                del grad_attn
+            del prob
             dq[:, i0:i1] = torch.bmm(d_scores, k)
             dk.baddbmm_(d_scores.transpose(1, 2), q[:, i0:i1])
-        return dq, dk, dv, dp, None
+            del d_attn, d_scores  # the next block is allocated after this one is freed
+        return dq, dk, dv_t.transpose(1, 2), dp, None
 
 
 def _gated_attention_traceable(q: Tensor, k: Tensor, v: Tensor, p: Tensor | None) -> Tensor:
@@ -176,7 +186,7 @@ def denoised_attention(
         v = local_aggregate(v, local, kernel_size)  # ṽ_m = Σ_n S[m-n, n] v_{m-n}
     q_t = q.flatten(2).transpose(1, 2).contiguous()  # (B, N, Ck)
     k_t = k.flatten(2).transpose(1, 2).contiguous()  # (B, N, Ck)
-    v_t = v.flatten(2).transpose(1, 2).contiguous()  # (B, N, Cv)
+    v_t = v.flatten(2).transpose(1, 2)  # (B, N, Cv), a view: bmm takes the (B, Cv, N) layout as it is
     p_t = class_probs.to(compute_dtype).flatten(2).transpose(1, 2).contiguous() if rectify else None  # (B, N, K)
     if exporting():
         out = _gated_attention_traceable(q_t, k_t, v_t, p_t)  # (B, N, Cv)

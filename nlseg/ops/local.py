@@ -63,6 +63,18 @@ def _relation(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
     return torch.stack([(q * k_n).sum(1) for _, k_n in _windows(k, kernel_size)], dim=1)  # (B, k^2, H, W)
 
 
+def _relation_by_rows(q: Tensor, k: Tensor, kernel_size: int) -> Tensor:
+    """:func:`_relation` a band of rows at a time, so that the product ``q ⊙ k_n`` is never a whole (B, C, H, W)
+    map (about 1 MiB per band): the weights' gradient in :class:`_LocalAggregate`, where C is the value width."""
+    b, c, h, w = q.shape
+    band = max(1, (1 << 18) // max(1, b * c * w))  # rows per band: at most 2^18 elements of the product
+    out = q.new_empty(b, kernel_size * kernel_size, h, w)
+    for n, k_n in _windows(k, kernel_size):
+        for y0 in range(0, h, band):
+            out[:, n, y0 : y0 + band] = (q[:, :, y0 : y0 + band] * k_n[:, :, y0 : y0 + band]).sum(1)
+    return out  # (B, k^2, H, W)
+
+
 def _gather(x: Tensor, weights: Tensor, kernel_size: int) -> Tensor:
     out = torch.zeros_like(x)
     for n, x_n in _windows(x, kernel_size):
@@ -123,7 +135,7 @@ class _LocalAggregate(torch.autograd.Function):
         v, weights = ctx.saved_tensors
         grad = grad.contiguous()
         dv = _gather(grad, weights, ctx.kernel_size) if ctx.needs_input_grad[0] else None
-        dw = _relation(v, grad, ctx.kernel_size) if ctx.needs_input_grad[1] else None
+        dw = _relation_by_rows(v, grad, ctx.kernel_size) if ctx.needs_input_grad[1] else None
         return dv, dw, None
 
 
