@@ -84,10 +84,11 @@ def test_a_broken_validation_label_stops_train_at_start_and_the_fixed_rerun_trai
     assert f"label file {root / 'labels' / 'val' / 'v0.png'} contains value(s) 9" in one_line(capsys)
 
 
-def test_a_truncated_training_jpeg_stops_train_at_start_in_one_line(tmp_path, capsys):
+def test_a_truncated_training_jpeg_stops_train_at_start_in_one_line(tmp_path, capsys, monkeypatch):
     root, work = make_data(tmp_path / "data", suffix=".jpg"), tmp_path / "work"
     bad = root / "images" / "train" / "t2.jpg"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    monkeypatch.setattr(trainer, "build_model", lambda *a, **k: pytest.fail("the model was built first"))
     assert main(train_args(root, work)) == 2
     line = one_line(capsys)
     assert line.startswith(f"nlseg train: error: cannot read image {bad}: the file is corrupt"), line
