@@ -239,6 +239,11 @@ class SegmentationDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Sample:
+        sample = self.load(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def load(self, index: int) -> Sample:
+        """Sample ``index`` as read and checked from its files (fully decoded, labels mapped), before the transform."""
         image_path, label_path = self.samples[index]
         image = read_image(image_path)  # (3, H, W)
         sample: Sample = {
@@ -255,7 +260,7 @@ class SegmentationDataset(Dataset):
                     f"{image_path} is {image.shape[2]}x{image.shape[1]}"
                 )
             sample["label"] = torch.from_numpy(map_labels(raw, self._label_table(label_path), label_path))
-        return self.transform(sample) if self.transform is not None else sample
+        return sample
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, samples={len(self)})"

@@ -246,6 +246,7 @@ def evaluate_checkpoint(
         model or class count. DatasetError: an empty split or a bad file in it.
     """
     from nlseg.data.build import build_dataset
+    from nlseg.engine.datacheck import check_files
 
     split = split or cfg.data.val_split
     device = resolve_device(device)
@@ -255,6 +256,7 @@ def evaluate_checkpoint(
     dataset = build_dataset(cfg, split, train=False)
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {cfg.data.dataset} has no images")
+    check_files(dataset, _cache_beside(checkpoint), progress=progress)  # every file read before the work
     check_compatible(state, model_name=cfg.model.name, num_classes=dataset.num_classes, path=checkpoint)
     model = prepare_for_inference(model, cfg.eval, inplace=True)  # this call owns it
     metrics = evaluate(
@@ -272,3 +274,11 @@ def evaluate_checkpoint(
     if export_dir is not None:
         record["export_format"] = default_export_format(dataset)
     return record
+
+
+def _cache_beside(checkpoint: str | os.PathLike) -> Path | None:
+    """The data check's cache in the checkpoint's folder (its work dir) when that folder is writable."""
+    from nlseg.engine.datacheck import CACHE_NAME
+
+    folder = Path(checkpoint).parent
+    return folder / CACHE_NAME if os.access(folder, os.W_OK) else None

@@ -36,7 +36,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from nlseg.config import Config
-from nlseg.data.build import build_dataset
 from nlseg.engine.build import (
     autocast_for,
     build_criterion,
@@ -49,7 +48,9 @@ from nlseg.engine.build import (
     poly_lr_lambda,
 )
 from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from nlseg.engine.datacheck import run_data
 from nlseg.engine.distributed import DistInfo, init_distributed
+from nlseg.engine.rankerrors import on_every_rank
 from nlseg.engine.evaluate import evaluate
 from nlseg.engine.inference import prepare_for_inference
 from nlseg.engine.interrupt import StopSignals, TrainingInterrupted, stop_workers
@@ -70,8 +71,7 @@ __all__ = [
     "build_model",
     "paper_weights_warning",
     "poly_lr_lambda",
-    "save_last",
-    "setup",
+    "save_last", "setup",
     "train",
     "train_step",
     "validate",
@@ -204,7 +204,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
         log.print(f"note: removed {len(orphans)} unfinished file(s) of a save cut off by a kill: "
                   + ", ".join(p.name for p in orphans))
 
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
+    train_set, val_set = on_every_rank(dist_info, lambda: run_data(cfg, work_dir, check=dist_info.is_main))
     num_classes = train_set.num_classes
     torch.manual_seed(tcfg.seed)  # identical initial weights on every process
     model = build_model(cfg, num_classes)
@@ -236,7 +236,7 @@ def setup(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite:
     if tcfg.compile:
         run.net = torch.compile(run.net, backend=COMPILE_BACKEND)
     loader = build_train_loader(train_set, cfg, start_iter=run.start_iter, dist_info=dist_info, device=device)
-    run.val_set = build_dataset(cfg, cfg.data.val_split, train=False) if tcfg.evaluate else None
+    run.val_set = val_set
     run.batches = iter(loader)
     return run
 
@@ -328,8 +328,8 @@ def validate(run: Run, iteration: int) -> dict[str, Any]:
 def train(cfg: Config, work_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into ``work_dir`` (``config.yaml``, ``last.pt``, ``best.pt``, ``metrics.jsonl``, ``train.log``).
 
-    At each iteration boundary: log (every ``log_interval``), evaluate (every ``eval_interval`` and at
-    the end; ``best.pt`` when the score is the best yet), then save ``last.pt`` (every
+    At each iteration boundary: log (every ``log_interval``), save ``last.pt`` and evaluate (every ``eval_interval``,
+    at the end; ``best.pt`` when the score is the best yet), then save ``last.pt`` (every
     ``checkpoint_interval``, at the end, and when SIGTERM or Ctrl-C arrived, after which training stops).
     The learning rate of step t is ``lr · (1 - t / train.iters)^poly_power`` (after warm-up): a run
     resumed with a larger ``train.iters`` follows the curve of the new total from its resume point on.
@@ -381,9 +381,11 @@ def _train(cfg: Config, work_dir: str | Path, *, resume: bool, overwrite: bool) 
                         + f")  lr {lr:.2e}  {speed:.2f} it/s  ETA {eta((tcfg.iters - iteration) / max(speed, 1e-9))}"
                     )
                 if run.val_set is not None and (_due(iteration, tcfg.eval_interval) or final):
+                    save_last(run, iteration)  # first: a crash inside validation loses no iterations
+                    stop.saved_iteration = iteration
                     metrics = validate(run, iteration)
                 signum = stop.requested(run.dist_info, run.device)
-                if _due(iteration, tcfg.checkpoint_interval) or final or signum:
+                if (_due(iteration, tcfg.checkpoint_interval) or final or signum):
                     save_last(run, iteration)
                     stop.saved_iteration = iteration
                 if signum and not final:
