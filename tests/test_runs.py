@@ -135,12 +135,13 @@ class ScriptedScores:
 def test_best_checkpoint_never_goes_backwards(tmp_path, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", iters=8, evaluate=True, eval_interval=1, checkpoint_interval=4)
     work = tmp_path / "w"
-    # evaluations at 1..5 score 10 50 40 45 90; the one at 6 crashes: best.pt (90, iteration 5) is newer than last.pt (4)
+    # evaluations at 1..5 score 10 50 40 45 90; the one at 6 crashes. last.pt is written before each validation, so
+    # it holds iteration 6 with the best score so far (90 at 5), and best.pt the model of iteration 5
     monkeypatch.setattr(trainer, "evaluate", ScriptedScores([10, 50, 40, 45, 90, None]))
     with pytest.raises(RuntimeError, match="crash"):
         cli_main(["train", str(recipe), "--work-dir", str(work)])
     last, best = load_checkpoint(work / "last.pt"), load_checkpoint(work / "best.pt")
-    assert (last["iteration"], last["best_miou"], last["best_iteration"]) == (4, 50, 2)
+    assert (last["iteration"], last["best_miou"], last["best_iteration"]) == (6, 90, 5)
     assert (best["iteration"], best["best_miou"], best["metrics"]["mIoU"]) == (5, 90, 90)
     assert {"optimizer", "scaler", "rng", "scheduler"}.isdisjoint(best)
     assert {"model", "model_name", "num_classes", "class_names", "config", "iteration", "metrics"} <= set(best)
@@ -152,7 +153,7 @@ def test_best_checkpoint_never_goes_backwards(tmp_path, monkeypatch):
         assert (now["iteration"], now["metrics"]["mIoU"]) == (5, 90)
         assert all(torch.equal(now["model"][k], weights[k]) for k in weights)
 
-    # resumed at 4: evaluations 5..8 score below 90 (but above last.pt's record, 50)
+    # resumed at 6: the evaluations at 7 and 8 score below 90
     monkeypatch.setattr(trainer, "evaluate", ScriptedScores([60, 70, 80, 85]))
     assert cli_main(["train", "--work-dir", str(work), "--resume"]) == 0
     unchanged()
