@@ -27,7 +27,32 @@ from nlseg.engine.atomic import write_atomic
 from nlseg.errors import CheckpointError
 from nlseg.safeload import RefusedContent, load_weights_only
 
-__all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CheckpointError", "check_compatible", "load_checkpoint", "model_record", "save_checkpoint"]
+
+
+def model_record(
+    weights: dict[str, torch.Tensor],
+    cfg: Any,
+    class_names: list[str],
+    *,
+    iteration: int = 0,
+    best_miou: float = float("-inf"),
+    best_iteration: int = 0,
+) -> dict[str, Any]:
+    """The layout every nlseg checkpoint shares (``best.pt``, the core of ``last.pt``, a converted file): what
+    inference needs — the weights, the model's name, its classes and the recipe it was built from (``cfg``, a
+    :class:`nlseg.config.Config`; its ``model.options`` rebuild the model) — and the run's best score so far.
+    :func:`check_compatible` and ``build_model_from_checkpoint`` read it back."""
+    return {
+        "model": weights,
+        "model_name": cfg.model.name,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "config": cfg.to_dict(),
+        "iteration": iteration,
+        "best_miou": best_miou,
+        "best_iteration": best_iteration,
+    }
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -43,6 +43,7 @@ from nlseg.config import Config, ConfigError, dataset_num_classes
 from nlseg.data import dataset_class
 from nlseg.errors import CheckpointError
 from nlseg.models import create_model
+from nlseg.engine.checkpoint import model_record
 from nlseg.engine.released_layouts import FORMATS, LAYOUTS, STAGES, Layout
 from nlseg.safeload import RefusedContent, load_weights_only
 
@@ -304,14 +305,5 @@ def convert_with_layout(layout: Layout, state: Mapping[str, Tensor], source: str
     weights = map_state_dict(
         state, layout, expected, source=str(source), target=f"{cfg.model.name} ({num_classes} classes, recipe {cfg.name})"
     )
-    return {
-        "model": weights,
-        "model_name": cfg.model.name,
-        "num_classes": num_classes,
-        "class_names": _class_names(cfg, num_classes),
-        "config": cfg.to_dict(),
-        "iteration": 0,
-        "best_miou": float("-inf"),
-        "best_iteration": 0,
-        "converted_from": {"file": str(source), "format": layout.name},
-    }
+    record = model_record(weights, cfg, _class_names(cfg, num_classes))
+    return {**record, "converted_from": {"file": str(source), "format": layout.name}}

@@ -47,7 +47,7 @@ from nlseg.engine.build import (
     paper_weights_warning,
     poly_lr_lambda,
 )
-from nlseg.engine.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from nlseg.engine.checkpoint import check_compatible, load_checkpoint, model_record, save_checkpoint
 from nlseg.engine.datacheck import run_data
 from nlseg.engine.distributed import DistInfo, init_distributed
 from nlseg.engine.rankerrors import on_every_rank
@@ -280,17 +280,9 @@ def train_step(run: Run, it: int) -> tuple[dict[str, float], float]:
 
 
 def _checkpoint(run: Run, iteration: int) -> dict[str, Any]:
-    """What inference needs, and the run's best score so far."""
-    return {
-        "model": run.model.state_dict(),
-        "model_name": run.cfg.model.name,
-        "num_classes": len(run.class_names),
-        "class_names": run.class_names,
-        "config": run.cfg.to_dict(),
-        "iteration": iteration,
-        "best_miou": run.best_miou,
-        "best_iteration": run.best_iteration,
-    }
+    """What inference needs, and the run's best score so far (:func:`model_record`)."""
+    return model_record(run.model.state_dict(), run.cfg, run.class_names, iteration=iteration,
+                        best_miou=run.best_miou, best_iteration=run.best_iteration)
 
 
 def save_last(run: Run, iteration: int) -> None:
