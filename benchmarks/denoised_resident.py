@@ -13,30 +13,16 @@ process (Linux only).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared parts
+from common.rss import reset_peak_rss, status_kib  # noqa: E402
+
 from nlseg.ops import denoised_attention, denoised_attention_reference
-
-
-def _status_mib(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def _reset_peak() -> float:
-    """Return freed heap to the system and reset the high-water mark; the resident set in MiB."""
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    return _status_mib("VmRSS")
 
 
 def extra_resident_mib(form: str, size: tuple[int, int], passes: int) -> list[float]:
@@ -50,9 +36,9 @@ def extra_resident_mib(form: str, size: tuple[int, int], passes: int) -> list[fl
     grad = torch.randn(1, 512, h, w, generator=gen)
     figures = []
     for _ in range(passes):
-        before = _reset_peak()
+        before = reset_peak_rss() / 1024
         grads = torch.autograd.grad(op(*inputs), inputs, grad)
-        figures.append(_status_mib("VmHWM") - before)
+        figures.append(status_kib("VmHWM") / 1024 - before)
         del grads
     return figures
 

@@ -4,33 +4,13 @@ Runs with nlseg's Python or the mmseg venv's and imports torch and that one libr
 """
 from __future__ import annotations
 
-import ctypes
 import time
 from collections.abc import Callable
 
+from common.rss import reset_peak_rss, status_kib
 from vsmmseg import mmseg_side, nlseg_side
 from vsmmseg.networks import MMSEG, NUM_CLASSES
 from vsmmseg.records import Job, Result
-
-
-def _status_kib(key: str) -> int:
-    """A ``/proc/self/status`` field in KiB (VmRSS: the resident set; VmHWM: its high-water mark)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {key}")
-
-
-def _reset_peak_rss() -> int:
-    """Return freed heap to the system, reset the resident-set high-water mark; the resident set in KiB."""
-    import gc
-
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    return _status_kib("VmRSS")
 
 
 def _synchronized(step: Callable[[], object], device) -> Callable[[], object]:
@@ -87,7 +67,7 @@ def run_job(job: Job) -> Result:
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        baseline = _reset_peak_rss()
+        baseline = reset_peak_rss()
     times = []
     for _ in range(job.repeats):
         start = time.perf_counter()
@@ -96,7 +76,7 @@ def run_job(job: Job) -> Result:
     if cuda:
         peak_mib = (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
     else:
-        peak_mib = (_status_kib("VmHWM") - baseline) / 1024
+        peak_mib = (status_kib("VmHWM") - baseline) / 1024
 
     profile = None
     if job.profile:
