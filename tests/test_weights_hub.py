@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,12 +31,14 @@ NUM_CLASSES = 5  # SyntheticContext's classes
 @dataclass
 class Server:
     """Serves ``files`` (name -> bytes) on 127.0.0.1; ``mode`` 'whole', 'cut' (half the body, then the
-    connection closes) or 'slow' (the body in 8 pieces, 20 ms apart); ``requests`` lists the paths asked."""
+    connection closes), 'slow' (the body in 8 pieces, 20 ms apart) or 'stall' (half the body, then nothing until
+    ``release`` is set); ``requests`` lists the paths asked."""
 
     files: dict[str, bytes]
     mode: str = "whole"
     requests: list[str] = field(default_factory=list)
     port: int = 0
+    release: threading.Event = field(default_factory=threading.Event)
 
     def url(self, name: str = "") -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
@@ -54,9 +58,10 @@ def server() -> Iterator[Server]:
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if state.mode == "cut":
+            if state.mode in ("cut", "stall"):
                 self.wfile.write(body[: len(body) // 2])
                 self.wfile.flush()
+                state.release.wait(30 if state.mode == "stall" else 0)
                 self.close_connection = True
                 return
             pieces = 8 if state.mode == "slow" else 1
@@ -75,6 +80,7 @@ def server() -> Iterator[Server]:
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield state
+    state.release.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -181,6 +187,40 @@ def test_interrupted_transfer_leaves_no_file(server, cache, monkeypatch, backbon
     assert [p.name for p in cache.iterdir()] == [entry.filename + ".lock"]
     server.mode = "whole"  # the next call downloads again, whole
     assert hub.fetch_weights("test-tiny", progress=False).read_bytes() == body
+
+
+KILLED_FETCH = """
+import sys
+from nlseg.backbones import hub
+from nlseg.backbones.hub import WeightsEntry
+hub.WEIGHTS._items["test-tiny"] = WeightsEntry("test-tiny", sys.argv[1], sys.argv[2], "resnet18", "deep", "MIT", "t")
+hub.fetch_weights("test-tiny", progress=False)
+"""
+
+
+def test_a_killed_download_leaves_a_part_file_that_the_next_download_removes(server, cache, monkeypatch,
+                                                                            backbone_file) -> None:
+    """SIGKILL mid-transfer: no code of the killed process runs, so its partial file stays; the next download of
+    the same file (holding the lock) deletes it, and the cache ends with the file and its lock only."""
+    body, _ = backbone_file
+    entry = register(monkeypatch, server, body)
+    server.mode = "stall"
+    child = subprocess.Popen([sys.executable, "-c", KILLED_FETCH, entry.url, entry.sha256],
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (server.requests and list(cache.glob("*.part"))):  # transferring: half sent, the rest held back
+            assert time.monotonic() < deadline and child.poll() is None, "the child never started the transfer"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    parts = sorted(p.name for p in cache.glob("*.part"))
+    assert len(parts) == 1 and parts[0].startswith(f".{entry.filename}.")
+    server.release.set()
+    server.mode = "whole"
+    assert hub.fetch_weights("test-tiny", progress=False).read_bytes() == body
+    assert sorted(p.name for p in cache.iterdir()) == [entry.filename, entry.filename + ".lock"]
 
 
 def test_missing_file_on_the_server_is_one_line(server, cache, monkeypatch, backbone_file) -> None:

@@ -232,20 +232,31 @@ def fetch_weights(name: str, *, base_url: str | None = None, progress: bool = Tr
     except OSError as err:
         raise DownloadError(f"weights {name!r}: cannot create the cache folder {target.parent} "
                             f"({err.strerror or err})") from None
-    with _locked(target):
+    with _locked(target) as exclusive:
         if target.is_file():  # another process finished it while this one waited
             return target
+        if exclusive:
+            _remove_leftovers(target)
         _download(entry, _url(entry, base_url), target, progress)
     return target
 
 
+def _remove_leftovers(target: Path) -> None:
+    """Delete the partial files of downloads of ``target`` that were killed (SIGKILL, power loss) before they
+    could clean up. Only under the lock: no other process can be writing one then."""
+    for part in target.parent.glob(f".{target.name}.*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+
+
 @contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``TARGET.lock`` (kept on disk: removing it would race with a waiter)."""
+def _locked(target: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on ``TARGET.lock`` (kept on disk: removing it would race with a waiter); yields
+    whether the lock is exclusive (not on a system without POSIX locks)."""
     try:
         import fcntl
     except ImportError:  # no POSIX locks (Windows): the temporary name and os.replace still keep it whole
-        yield
+        yield False
         return
     lock = target.with_name(target.name + ".lock")
     try:
@@ -254,7 +265,7 @@ def _locked(target: Path) -> Iterator[None]:
         raise DownloadError(f"cannot create the lock file {lock} ({err.strerror or err})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield True
     finally:
         os.close(fd)  # closing releases the lock
 
