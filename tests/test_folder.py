@@ -17,6 +17,9 @@ import torch
 from PIL import Image
 
 from nlseg.cli import main
+from nlseg.config import load_config
+from nlseg.data.build import build_dataset
+from nlseg.engine.datacheck import CACHE_NAME, check_files
 from nlseg.data import FolderDataset, create_dataset
 from nlseg.data.base import index_palette
 from nlseg.errors import DatasetError
@@ -238,12 +241,32 @@ def test_layout_errors_stop_train_in_one_line(root: Path, tmp_path: Path, capsys
     assert not (work / "last.pt").exists()
 
 
+def _checked_then_replaced(root: Path, work: Path, overrides: list[str]) -> None:
+    """The start check reads every file into ``work``'s cache; then street2's label is replaced by one with a value
+    the data set does not define, and the cache is told it is unchanged (as when a file is swapped with its old
+    size and time kept): only a DataLoader worker, loading it, can find the bad value."""
+    cfg = load_config("custom_folder", overrides)
+    work.mkdir()
+    cache = work / CACHE_NAME
+    assert check_files(build_dataset(cfg, cfg.data.train_split, train=True), cache, progress=False) == 4
+    label = root / "labels" / "train" / "street2.png"
+    old = [label.stat().st_size, label.stat().st_mtime_ns]
+    _write(root, "train", "street2.PNG", 1, np.full((H, W), 7))
+    new = [label.stat().st_size, label.stat().st_mtime_ns]
+    data = json.loads(cache.read_text())
+    keys = [key for key in data["files"] if key.endswith(f"|{label}")]
+    assert len(keys) == 1 and data["files"][keys[0]][2:] == old
+    data["files"][keys[0]][2:] = new
+    cache.write_text(json.dumps(data))
+
+
 def test_a_bad_label_in_a_dataloader_worker_is_one_line(root: Path, tmp_path: Path):
     # A real process: after the error, the interpreter's exit must not wait for the workers (they ignore
     # SIGTERM so that the main process can save a checkpoint first).
-    _write(root, "train", "street2.PNG", 1, np.full((H, W), 7))
+    overrides = [f"data.root={root}", "data.num_workers=2", *QUICK]
+    _checked_then_replaced(root, tmp_path / "w", overrides)
     command = [sys.executable, "-m", "nlseg", "train", "custom_folder", "--work-dir", str(tmp_path / "w"), "--set",
-               f"data.root={root}", "data.num_workers=2", *QUICK]
+               *overrides]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         _, err = proc.communicate(timeout=60)
