@@ -18,6 +18,8 @@ them. :func:`measure` then
 """
 from __future__ import annotations
 
+import datetime
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ __all__ = [
     "matmul_gflops",
     "measure",
     "meta_gflops",
+    "processor_name",
     ]
 
 Step = Callable[[], object]
@@ -174,13 +177,30 @@ def matmul_gflops(size: int = 4096, *, device: torch.device | str = "cpu", repea
     return 2 * size**3 / (m.ms / 1e3) / 1e9
 
 
+def processor_name(device: torch.device | str = "cpu") -> str:
+    """The CUDA device's name, else the CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def describe_run(device: torch.device | str, matmul_size: int = 1024) -> tuple[str, float]:
-    """One line saying where a report is measured (device, threads, torch, the matmul yardstick) and the
-    yardstick itself: the GFLOP/s of a plain ``matmul_size``² float32 matmul measured now."""
+    """One line saying when and where a report is measured (UTC date, device and its model, threads, torch, the
+    matmul yardstick) and the yardstick itself: the GFLOP/s of a plain ``matmul_size``² float32 matmul measured
+    now."""
     matmul = matmul_gflops(matmul_size, device=device)
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     line = (
-        f"Device {device}, threads: {torch.get_num_threads()}, torch {torch.__version__}; "
-        f"plain {matmul_size}² float32 matmul in this run: {matmul:.0f} GFLOP/s."
+        f"Measured {date} (UTC). Device {device} ({processor_name(device)}), threads: {torch.get_num_threads()}, "
+        f"torch {torch.__version__}; plain {matmul_size}² float32 matmul in this run: {matmul:.0f} GFLOP/s."
     )
     return line, matmul
 

@@ -1,4 +1,4 @@
-"""``nlseg bench {ops,blocks,models,table5,train} ...``: efficiency reports (FLOPs, memory, time).
+"""``nlseg bench {ops,blocks,breakdown,models,table5,train} ...``: efficiency reports (FLOPs, memory, time).
 
 Each subcommand turns its arguments into one call of a table module of :mod:`nlseg.analysis.tables`,
 prints the report's Markdown and, with ``--json``, writes its records. Sizes are written ``HxW`` (rows x
@@ -12,7 +12,7 @@ import sys
 from nlseg.cli.common import add_recipe, path_arg
 from nlseg.errors import ConfigError
 
-TARGETS = ("ops", "blocks", "models", "table5", "train")
+TARGETS = ("ops", "blocks", "breakdown", "models", "table5", "train")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -97,6 +97,22 @@ def add_parser(sub) -> None:
     _common(t)
 
     t = targets.add_parser(
+        "breakdown", help="ANN Fig. 2: the time of each operation of NB and APNB, their sum against the whole block",
+        description="ANN Fig. 2: NB and APNB (C = 2048, Ĉ = 256, key and query shared, as ANN Table 1) split into "
+        "their own operations, called in order on the real tensors (1x1 convs, BN, ReLU, pyramid sampling, Q·Kᵀ, "
+        "softmax, the product with V, Wo, the concatenation, the fusion conv), each timed alone (warm-up, repeats, "
+        "median), then the whole forward; the table prints the sum of the steps against the whole. The attention "
+        "is the materialised form the paper timed (NB at 128x256 holds two 4 GiB maps).",
+    )
+    t.add_argument("--sizes", type=_sizes, default=[(128, 256)], help="feature map sizes HxW, comma-separated "
+                   "(default 128x256: the paper's 256x128, W x H)")
+    t.add_argument("--channels", type=int, default=2048, help="input channels C (default 2048)")
+    t.add_argument("--key-channels", type=int, default=256, help="key/value channels Ĉ (default 256)")
+    t.add_argument("--plot", metavar="PNG", type=path_arg,
+                   help="also draw the steps as stacked bars per block (needs matplotlib: nlseg[viz])")
+    _common(t)
+
+    t = targets.add_parser(
         "models", help="whole networks, inference or a training step (ANN Table 2)",
         description="Whole networks: parameters, forward GFLOPs (counted on the meta device), time per batch, "
         "images/s, peak memory; inference (eval, no autograd) or --train (forward + backward + SGD step). ANN "
@@ -175,6 +191,19 @@ def run(args: argparse.Namespace) -> None:
         report = blocks_table(blocks, args.sizes, channels=args.channels, key_channels=args.key_channels,
                               low_channels=args.low_channels, whole=args.whole, released=not args.lean_only,
                               backward=args.backward, **common)
+    elif args.target == "breakdown":
+        from nlseg.analysis.tables.ann_fig2 import breakdown_table
+
+        for flag, value in (("--channels", args.channels), ("--key-channels", args.key_channels),
+                            ("--repeats", args.repeats)):
+            if value < 1:
+                raise ConfigError(f"{flag} must be a positive integer, got {value}")
+        if args.plot:
+            from nlseg.analysis.viz import _matplotlib
+
+            check_output_file(args.plot, "--plot")
+            _matplotlib()  # before minutes of timing: the picture needs it
+        report = breakdown_table(args.sizes, channels=args.channels, key_channels=args.key_channels, **common)
     elif args.target == "models":
         from nlseg.analysis.tables.ann_table2 import models_table
         from nlseg.models import list_models
@@ -196,3 +225,7 @@ def run(args: argparse.Namespace) -> None:
     print(report.markdown())
     if args.json:
         report.write_json(args.json)
+    if getattr(args, "plot", None):
+        from nlseg.analysis.tables.ann_fig2 import plot_breakdown
+
+        print(f"wrote {plot_breakdown(report.records, args.plot)}")

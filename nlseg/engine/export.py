@@ -22,6 +22,10 @@ one exception is max pyramid pooling (``pool_mode="max"``, ANN Table 7 only): th
 the example size only (:func:`static_size_reason` says why), each bin one slice and max; ONNX's optimiser is
 slow on that many nodes (an ANN R-18 at width 8 with (1, 3, 6, 8) max pyramids: ~4 minutes).
 
+Random anchor sampling (``pool_mode="random"``, ANN Table 7's "random" and "pyramid random") is refused
+(:func:`random_sampling_reason`): such a block draws new anchor positions at every forward, and an exported graph
+would hold the one draw made while tracing, a different function from the model's.
+
 The exporter is ``torch.onnx.export(dynamo=True)`` (it needs ``onnx`` and ``onnxscript``; the check needs
 ``onnxruntime``: ``pip install nlseg[onnx]``). While it traces, the Denoised NL op computes its function in
 plain tensor ops (see :mod:`nlseg.ops.denoised`).
@@ -56,6 +60,7 @@ __all__ = [
     "compare_onnx",
     "export_checkpoint",
     "export_onnx",
+    "random_sampling_reason",
     "require_onnx",
     "static_size_reason",
 ]
@@ -143,6 +148,31 @@ def static_size_reason(model: nn.Module) -> str | None:
     return None
 
 
+RANDOM_SAMPLING_HINT = (
+    "random anchor sampling draws new anchors at every forward and an exported graph would freeze one draw; "
+    "expected 'avg' or 'max'"
+)
+
+
+def random_sampling_reason(options: dict, model: nn.Module | None = None, *, where: str = "recipe") -> str | None:
+    """Why a model cannot be exported because it samples anchors at random (``pool_mode="random"``), or None.
+
+    Args:
+        options: the recipe's ``model.options``; a key ending in ``pool_mode`` set to ``"random"`` (ANN's
+            ``context_pool_mode``) is named in the reason as ``model.options.<key>``.
+        model: the built model, when there is one: any module whose ``pool_mode`` is ``"random"`` (APNB, AFNB
+            built by other means) is named by its module path.
+        where: what holds ``options`` (the recipe's file, a checkpoint), for the reason.
+    """
+    for key, value in options.items():
+        if key.endswith("pool_mode") and value == "random":
+            return f"{where}: model.options.{key} is 'random': {RANDOM_SAMPLING_HINT}"
+    for name, module in (model.named_modules() if model is not None else ()):
+        if getattr(module, "pool_mode", None) == "random":
+            return f"{where}: {name} ({type(module).__name__}) has pool_mode 'random': {RANDOM_SAMPLING_HINT}"
+    return None
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's progress lines and its warnings about optional packages (torchvision ops)."""
@@ -179,8 +209,12 @@ def export_onnx(
 
     Raises:
         NlsegError: ``onnx``, ``onnxscript`` or ``onnxruntime`` is missing.
-        ConfigError: an opset outside the supported range, an example size under 1 pixel.
+        ConfigError: a block that samples anchors at random, an opset outside the supported range, an example size
+            under 1 pixel.
     """
+    reason = random_sampling_reason({}, model, where="model")
+    if reason is not None:
+        raise ConfigError(f"cannot export: {reason}")
     require_onnx()
     import onnx
 
@@ -269,12 +303,22 @@ def export_checkpoint(
             second size (recorded in ``max_abs_diff``).
 
     Raises:
-        ConfigError: an unknown format; CheckpointError: see ``build_model_from_checkpoint``.
+        ConfigError: a model that samples anchors at random (checked first: in ``cfg`` before the checkpoint is
+            read, else in the checkpoint's recipe and modules before tracing), an unknown format;
+        CheckpointError: see ``build_model_from_checkpoint``.
     """
+    if cfg is not None:
+        reason = random_sampling_reason(cfg.model.options, where=f"recipe {cfg.name}")
+        if reason is not None:
+            raise ConfigError(f"cannot export: {reason}")
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}")
     require_onnx()
     model, state = build_model_from_checkpoint(checkpoint, cfg, "cpu")
+    saved_options = ((state.get("config") or {}).get("model") or {}).get("options") or {}
+    reason = random_sampling_reason(saved_options, model, where=f"checkpoint {checkpoint}")
+    if reason is not None:
+        raise ConfigError(f"cannot export: {reason}")
     normalize = saved_normalize(state, default=cfg.data.normalize if cfg is not None else "imagenet")
     size = tuple(example_size) if example_size is not None else _default_size(state, cfg)
     result = export_onnx(model, path, normalize=normalize, example_size=size, opset=opset)
