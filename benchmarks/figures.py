@@ -62,6 +62,7 @@ FIGURES: tuple[Figure, ...] = (
         ("python benchmarks/inference_levers.py --models ann_r50 --rounds 1 --threads 2",),
         5.0,
     ),
+    Figure("conv-layouts", "docs/efficiency.md", ("python benchmarks/conv_layouts.py --threads 2",), 1.5),
     Figure(
         "vs-mmseg", "docs/efficiency.md",
         ("python benchmarks/vs_mmseg.py --record --mmseg-python {mmseg_python}",),

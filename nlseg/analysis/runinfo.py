@@ -128,7 +128,7 @@ def run_header(**kwargs) -> str:
     env = ", ".join(f"`{k}={v}`" for k, v in facts["settings"].items())
     parts = [
         f"Run {facts['date']}", f"nlseg {facts['nlseg']}", f"torch {facts['torch']}",
-        f"{facts['threads']} torch threads", f"CPU: {facts['cpu']}",
+        f"torch threads: {facts['threads']}", f"CPU: {facts['cpu']}",
         f"settings: {env}" if env else "settings: none of `MALLOC_*` `ONEDNN_*` `OMP_*` `MKL_*` `LD_PRELOAD` set",
     ]
     if facts["command"]:
