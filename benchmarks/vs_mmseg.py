@@ -71,6 +71,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -201,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not _cuda_available():
         print("vs_mmseg: error: --device cuda, but this Python's torch sees no CUDA device", file=sys.stderr)
         return 2
+    started = datetime.now(timezone.utc)
     rows = run_table(
         args.networks, args.depths, args.tasks, args.levers, train_levers=args.train_levers,
         with_mmseg=not args.nlseg_only,
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from nlseg.analysis.runinfo import run_header  # here: the measuring processes of mmseg's side have no nlseg
 
-    print(run_header(threads=args.threads, env=measuring_env(args.threads, args.keep_heap)))
+    print(run_header(threads=args.threads, env=measuring_env(args.threads, args.keep_heap), now=started))
     print()
     print(f"{_allocator_line(args.keep_heap)}\n")
     print(

@@ -144,7 +144,7 @@ def test_commands_run_this_python_and_nlseg_as_a_module(tmp_path):
 
 def test_header_states_date_versions_threads_cpu_settings_and_command():
     env = {"MALLOC_MMAP_MAX_": "0", "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "2", "LD_PRELOAD": "/j.so",
-           "HOME": "/root", "PATH": "/bin"}
+           "HOME": "/root", "PATH": "/bin", "TORCHINDUCTOR_CACHE_DIR": "/tmp/x"}
     when = datetime(2026, 12, 7, 17, 5, tzinfo=timezone.utc)
     facts = runinfo.run_facts(threads=2, env=env, argv=[str(ROOT / "benchmarks" / "ops.py"), "--repeats", "2"],
                               now=when)

@@ -68,7 +68,7 @@ def test_table_adds_the_compiled_ratio_when_measured():
     columns = {"exact": result(3.0), "exact_compile": result(2.0, 52.0), "mmseg": result(4.5)}
     rows = [vs.Row("nl", 50, "infer", columns)]
     lines = vs.format_table(rows).splitlines()
-    assert "| mmseg / nlseg | exact_compile compile s | exact_compile per image over 100 images | " in lines[2]
+    assert "| mmseg / nlseg | exact_compile: compile time | exact_compile: per image over 100 images | " in lines[2]
     assert lines[4] == ("| NL R-50 | 3.00 s | 2.00 s | 4.50 s | **1.50×** (exact) | 50 s | 2.50 s | 1.80× | 100 / 100 | "
                         "10.0 / 10.0 | — |")
     # the train step's compiled column: its compile time and the steady step's ratio

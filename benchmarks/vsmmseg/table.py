@@ -80,9 +80,9 @@ IMAGES = 100
 
 def _compiled_head(task: str) -> list[str]:
     if task == "infer":
-        return [f"{COMPILED[task]} compile s", f"{COMPILED[task]} per image over {IMAGES} images",
+        return [f"{COMPILED[task]}: compile time", f"{COMPILED[task]}: per image over {IMAGES} images",
                 f"mmseg / {COMPILED[task]} ({IMAGES} images)"]
-    return [f"{COMPILED[task]} compile s", f"mmseg / {COMPILED[task]} (per step, compiled)"]
+    return [f"{COMPILED[task]}: compile time", f"mmseg / {COMPILED[task]} (steady step)"]
 
 
 def _compiled_cells(task: str, fast: Result | None, ref: Result) -> list[str]:

@@ -24,7 +24,8 @@ __all__ = ["ENV_PREFIXES", "ENV_NAMES", "cpu_model", "run_facts", "run_header", 
 ENV_PREFIXES: tuple[str, ...] = ("MALLOC_", "ONEDNN_", "DNNL_", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCHINDUCTOR_")
 """Environment variables starting with one of these change the figures of a run (allocator, kernels, threads)."""
 ENV_NAMES: tuple[str, ...] = ("LD_PRELOAD", "NLSEG_KEEP_HEAP")
-"""... and these, by exact name: a preloaded allocator (jemalloc, tcmalloc), nlseg's own heap switch."""
+"""... and these, by exact name: a preloaded allocator (jemalloc, tcmalloc), nlseg's own heap switch. (Where a
+cache lives, ``*_CACHE_DIR``, changes no figure and is left out.)"""
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,8 @@ def settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     return {
         name: env[name] for name in sorted(env)
-        if name in ENV_NAMES or any(name.startswith(prefix) for prefix in ENV_PREFIXES)
+        if name in ENV_NAMES
+        or (any(name.startswith(prefix) for prefix in ENV_PREFIXES) and not name.endswith("_CACHE_DIR"))
     }
 
 
@@ -60,17 +62,28 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+CODE = ("nlseg", "benchmarks", "pyproject.toml")
+"""What a figure depends on in the checkout; a changed doc (``make bench`` rewriting a block) is not a change."""
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def _nlseg_version() -> str:
-    """nlseg's version and, in a git checkout, its commit (``+`` when the tree has changes)."""
+    """nlseg's version and, in a git checkout, its commit (``+`` when the code differs from it: uncommitted
+    changes under nlseg/ or benchmarks/)."""
     import nlseg
 
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty=+", "--abbrev=7"], cwd=ROOT,
-                                capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+    commit = _git("rev-parse", "--short=7", "HEAD")
+    if not commit:
         return nlseg.__version__
-    text = commit.stdout.strip()
-    return f"{nlseg.__version__} ({text})" if commit.returncode == 0 and text else nlseg.__version__
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE)
+    return f"{nlseg.__version__} ({commit}{'+' if changed else ''})"
 
 
 def _command(argv: Sequence[str]) -> str:
