@@ -30,8 +30,12 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/nlseg demo
 
+# bench: regenerate every measured figure of README.md and docs/efficiency.md (the blocks between
+# <!-- bench:NAME --> markers; benchmarks/figures.py lists them), about 45 min on 2 idle cores.
+# BENCH_ARGS="--only ops" for some; MMSEG_PYTHON: mmseg's venv (bash benchmarks/mmseg_env.sh) for vs-mmseg.
+MMSEG_PYTHON ?= .venv-mmseg/bin/python
 bench: $(STAMP)
-	$(BIN)/python benchmarks/ops.py
+	$(BIN)/python benchmarks/regenerate.py --mmseg-python $(MMSEG_PYTHON) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

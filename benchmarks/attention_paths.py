@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from nlseg.analysis.runinfo import run_header
 from nlseg.engine.memory import PeakMemory
 from nlseg.ops.attention import BLOCK_ELEMENTS, query_block_attention, sdpa_attention
 
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward + backward, batch 1, "
+    print(run_header())
+    print(f"\nforward + backward, batch 1, "
           f"median of {args.repeats} alternating rounds")
     print("\n| Ck | Cv | size | path | ms | speed-up vs SDPA | peak MiB |\n|---:|---:|---|---|---:|---:|---:|")
     records = []

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from nlseg.analysis.attention import attention_maps, capture_block_inputs, find_attention_block
+from nlseg.analysis.runinfo import run_header
 from nlseg.config import load_config
 from nlseg.data.build import build_dataset
 from nlseg.data.synthetic import BEACON_A, BEACON_B, DISC_A, DISC_B
@@ -57,6 +58,8 @@ def main() -> None:
         for i in range(min(args.strips, len(dataset))):
             shares += near_shares(model, dataset[i], cue_px, args.near)
     attention, uniform = (statistics.mean(s[k] for s in shares) for k in (0, 1))
+    print(run_header())
+    print()
     print(f"{len(shares)} far-disc cells on {args.strips} validation strips ({'x'.join(map(str, dataset.size))}): "
           f"{100 * attention:.0f}% of the A'' weight within {args.near:.0f} px of the beacon, "
           f"{100 * uniform:.0f}% for uniform attention")

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared parts
 from common.rss import reset_peak_rss, status_kib  # noqa: E402
 
+from nlseg.analysis.runinfo import run_header
 from nlseg.ops import denoised_attention, denoised_attention_reference
 
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=6)
     args = parser.parse_args(argv)
     size = tuple(int(x) for x in args.size.lower().split("x"))
+    print(run_header())
+    print()
     figures = extra_resident_mib(args.form, size, args.passes)
     later = figures[1:] or figures
     print(f"{args.form} {args.size} fwd+bwd extra resident MiB per pass: {' '.join(f'{f:.0f}' for f in figures)}; "

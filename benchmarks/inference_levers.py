@@ -28,6 +28,7 @@ import time
 
 import torch
 
+from nlseg.analysis.runinfo import run_header
 from nlseg.engine.memory import PeakMemory
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.models import create_model
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
                 runs.append(result)
                 print(json.dumps(result), file=sys.stderr, flush=True)
+    print(run_header(threads=args.threads))
+    print()
     print("| model | configuration | time (s) | vs as built | peak tensor MiB | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
     for model_name in args.models:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from nlseg.analysis.measure import count_flops
+from nlseg.analysis.runinfo import run_header
 from nlseg.blocks import create_block
 from nlseg.models import ZOO, DenoisedNLDecoder, Segmentor, create_model, list_models
 
@@ -203,6 +204,8 @@ def main() -> None:
     print("counting (meta device, FlopCounterMode: 2 FLOPs per multiply-add) ...", file=sys.stderr, flush=True)
     models = measure_rows(registered_rows() + variant_rows())
     blocks = measure_blocks()
+    print(run_header())
+    print()
     print(markdown(models, blocks))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,4 +1,4 @@
-"""Attention ops, the released (materialised) form against nlseg's, side by side in one run (``make bench``).
+"""Attention ops, the released (materialised) form against nlseg's, side by side in one run (README's `ops` block).
 
     python benchmarks/ops.py [--device cpu|cuda] [--repeats 3] [--json OUT]
 

@@ -3,6 +3,7 @@
     bash benchmarks/mmseg_env.sh                       # once: mmsegmentation 1.2.2 in its own venv, .venv-mmseg
     python benchmarks/vs_mmseg.py [--networks ann nl danet aspp psp] [--depths 50 101] [--tasks infer train]
                                   [--levers ...] [--repeats 3] [--compile] [--quick] [--nlseg-only] [--json OUT]
+    python benchmarks/vs_mmseg.py --record [--quick]   # the table of record, what `make bench` puts in the docs
 
 Networks: ANN, NL, DANet, ASPP (DeepLabV3) and PSP with a dilated ResNet-50/101 at output stride 8, 19 classes,
 random weights. mmseg's models are built from its own ``configs/<method>/<name>_r{50,101}-d8_4xb2-40k_cityscapes-
@@ -38,9 +39,17 @@ What is measured, identically on both sides:
   heads included) counted by PyTorch's ``FlopCounterMode`` (nlseg's side by
   ``nlseg.analysis.measure.count_flops``, which adds the in-place products nlseg's ops use), 2 per
   multiply-add; parameters without the auxiliary heads.
-- ``--keep-heap``: both sides run with glibc's malloc told to keep freed memory (:data:`KEEP_HEAP`). By default
-  each tensor over 32 MiB is a fresh ``mmap``, page-faulted and zeroed by the kernel on every pass (about 1 GiB
-  a pass at 512 x 1024), which costs both libraries time, mmseg more (it allocates more per pass).
+- Allocator: both sides run in the same environment (:func:`vsmmseg.driver.measuring_env`; only ``PYTHONPATH``
+  differs), so the same allocator: glibc malloc's defaults unless the caller sets ``MALLOC_*`` or ``LD_PRELOAD``;
+  the printed header states it. ``--keep-heap``: both sides with glibc's malloc told to keep freed memory
+  (:data:`KEEP_HEAP`). By default each tensor over 32 MiB is a fresh ``mmap``, page-faulted and zeroed by the
+  kernel on every pass (about 1 GiB a pass at 512 x 1024), which costs both libraries time, mmseg more.
+- Compiled columns (``exact_compile``, train's ``compile``): the warm-up pass is timed; the compile time is that
+  pass less a steady one, and inference's per-image time over a run of 100 images counts it once:
+  (compile + 100 x t) / 100, next to mmseg's per-image time.
+- ``--record`` (the table ``make bench`` writes into docs/efficiency.md): ANN, NL and DANet R-50; inference at
+  1 x 3 x 512 x 1024 with ``exact`` (nlseg's default float32 eager path) and ``exact_compile``; one train step at
+  512 x 512, batch 1, ``as_built`` (eager) and ``compile``; mmseg in both.
 - ``--device cuda``: both sides on the first GPU (the mmseg venv with a CUDA torch: ``TORCH_SPEC=torch==2.13.0
   bash benchmarks/mmseg_env.sh``); each timed pass ends with ``torch.cuda.synchronize``, and peak memory is the
   CUDA memory allocated during the timed passes above what was allocated before them.
@@ -62,6 +71,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +79,7 @@ if str(HERE) not in sys.path:  # benchmarks/ holds the packages below; run from 
     sys.path.insert(0, str(HERE))
 
 # The parts; the names tests/test_vs_mmseg.py reads from this script are in __all__.
-from vsmmseg.driver import KEEP_HEAP, measure, plan_columns, run_table, worker_command  # noqa: E402
+from vsmmseg.driver import KEEP_HEAP, measure, measuring_env, plan_columns, run_table, worker_command  # noqa: E402
 from vsmmseg.mmseg_side import no_sync_bn as _no_sync_bn  # noqa: E402
 from vsmmseg.networks import (  # noqa: E402
     DEFAULT_NETWORKS, EXACT, INFER_LEVERS, MMSEG, NETWORKS, SLOW_LEVERS, TRAIN_LEVERS,
@@ -85,6 +95,12 @@ __all__ = [
 ]
 
 ROOT = HERE.parent
+RECORD_NETWORKS = ("ann", "nl", "danet")
+RECORD_INFER = (EXACT, "exact_compile")
+"""``--record``'s inference columns: nlseg's default float32 eager path (``nlseg eval``'s defaults) and the same
+compiled (``eval.compile``'s ``compile=True``)."""
+RECORD_TRAIN = ("as_built", "compile")
+"""``--record``'s train step columns: the model eager and under ``torch.compile``."""
 DEFAULT_MMSEG_PYTHON = ROOT / ".venv-mmseg" / "bin" / "python"
 
 
@@ -117,8 +133,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"),
                         help="training crop size (512 512)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch size (2)")
+    parser.add_argument("--record", action="store_true",
+                        help="the table of record (make bench): ANN, NL, DANet R-50; inference exact and "
+                             "exact_compile, train step as_built and compile at 512x512 batch 1; mmseg")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: ANN R-50, 64x128 inputs, one repeat, as_built + exact (+ mmseg)")
+                        help="smoke run: ANN R-50, 64x128 inputs, one repeat, as_built + exact (+ mmseg); with "
+                             "--record the record's columns at those sizes")
     parser.add_argument("--nlseg-only", action="store_true", help="measure nlseg only (no mmseg venv needed)")
     parser.add_argument("--mmseg-python", type=Path, default=DEFAULT_MMSEG_PYTHON,
                         help="Python of the mmseg venv (default: .venv-mmseg/bin/python, from mmseg_env.sh)")
@@ -128,12 +148,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.train_levers = None
     if args.levers is None:
         args.levers = [lever for lever in all_levers if args.compile or lever not in SLOW_LEVERS]
+    if args.record:
+        args.networks, args.depths, args.tasks = list(RECORD_NETWORKS), [50], ["infer", "train"]
+        args.levers, args.train_levers = list(RECORD_INFER), list(RECORD_TRAIN)
+        args.train_batch = 1
     if args.quick:
         args.networks, args.depths, args.repeats = ["ann"], [50], 1
         args.infer_size, args.train_size, args.train_batch = (64, 128), (64, 64), 1
-        args.levers = ["as_built", EXACT]
+        if not args.record:
+            args.levers = ["as_built", EXACT]
     return args
 
 
@@ -152,6 +178,18 @@ def _device_name(device: str, threads: int) -> str:
     return f"{torch.cuda.get_device_name(0)} (cuda)"
 
 
+def _allocator_line(keep_heap: bool) -> str:
+    """What the measuring processes' allocator is: the same on both sides."""
+    env = measuring_env(1, keep_heap)
+    tuned = {name: value for name, value in env.items() if name.startswith("MALLOC_") or name == "LD_PRELOAD"}
+    if not tuned:
+        return ("Allocator: the same on both sides, glibc malloc with its defaults (no `MALLOC_*` variable, no "
+                "`LD_PRELOAD`; the measuring processes never call nlseg's CLI, so nothing tunes malloc).")
+    settings = ", ".join(f"`{name}={value}`" for name, value in sorted(tuned.items()))
+    how = " (`--keep-heap`)" if keep_heap else ""
+    return f"Allocator: the same on both sides, glibc malloc with {settings}{how}."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
@@ -164,17 +202,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not _cuda_available():
         print("vs_mmseg: error: --device cuda, but this Python's torch sees no CUDA device", file=sys.stderr)
         return 2
+    started = datetime.now(timezone.utc)
     rows = run_table(
-        args.networks, args.depths, args.tasks, args.levers,
+        args.networks, args.depths, args.tasks, args.levers, train_levers=args.train_levers,
         with_mmseg=not args.nlseg_only,
         infer_size=tuple(args.infer_size), train_size=tuple(args.train_size), train_batch=args.train_batch,
         repeats=args.repeats, rounds=args.rounds, threads=args.threads, profile=args.profile,
         mmseg_python=args.mmseg_python, timeout=args.timeout, device=args.device, keep_heap=args.keep_heap,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    heap = ", glibc malloc keeping freed memory (--keep-heap)" if args.keep_heap else ""
+    from nlseg.analysis.runinfo import run_header  # here: the measuring processes of mmseg's side have no nlseg
+
+    print(run_header(threads=args.threads, env=measuring_env(args.threads, args.keep_heap), now=started))
+    print()
+    print(f"{_allocator_line(args.keep_heap)}\n")
     print(
-        f"nlseg vs mmsegmentation on {_device_name(args.device, args.threads)}{heap}, median of {args.repeats} x "
+        f"nlseg vs mmsegmentation on {_device_name(args.device, args.threads)}, median of {args.repeats} x "
         f"{args.rounds}, inference {args.infer_size[0]}x{args.infer_size[1]} batch 1, train step "
         f"{args.train_size[0]}x{args.train_size[1]} batch {args.train_batch}; † = architectures differ (see Rows)\n"
     )

@@ -61,13 +61,38 @@ def test_table_ratio_compares_mmseg_with_exact_column_and_marks_architectural_ro
 
 
 def test_table_adds_the_compiled_ratio_when_measured():
-    def result(seconds: float):
-        return vs.Result([seconds], 100, 10.0, None)
+    def result(seconds: float, first_s: float | None = None):
+        return vs.Result([seconds], 100, 10.0, None, first_s=first_s)
 
-    rows = [vs.Row("nl", 50, "infer", {"exact": result(3.0), "exact_compile": result(2.0), "mmseg": result(4.5)})]
+    # compiled: 2 s a steady pass, 52 s the first (50 s compiling): over 100 images (50 + 100 x 2) / 100 = 2.5 s
+    columns = {"exact": result(3.0), "exact_compile": result(2.0, 52.0), "mmseg": result(4.5)}
+    rows = [vs.Row("nl", 50, "infer", columns)]
     lines = vs.format_table(rows).splitlines()
-    assert "mmseg / exact_compile" in lines[2]
-    assert lines[4] == "| NL R-50 | 3.00 s | 2.00 s | 4.50 s | **1.50×** (exact) | 2.25× | 100 / 100 | 10.0 / 10.0 | — |"
+    assert "| mmseg / nlseg | exact_compile: compile time | exact_compile: per image over 100 images | " in lines[2]
+    assert lines[4] == ("| NL R-50 | 3.00 s | 2.00 s | 4.50 s | **1.50×** (exact) | 50 s | 2.50 s | 1.80× | 100 / 100 | "
+                        "10.0 / 10.0 | — |")
+    # the train step's compiled column: its compile time and the steady step's ratio
+    rows = [vs.Row("nl", 50, "train", {"as_built": result(8.0), "compile": result(6.0, 96.0), "mmseg": result(9.0)})]
+    line = vs.format_table(rows).splitlines()[4]
+    assert line.startswith("| NL R-50 | 8.00 s | 6.00 s | 9.00 s | **1.12×** (as_built) | 90 s | 1.50× | ")
+
+
+def test_record_measures_the_issue_columns_and_states_one_allocator_for_both_sides(monkeypatch, tmp_path):
+    args = vs.parse_args(["--record"])
+    assert (args.networks, args.depths, args.tasks) == (["ann", "nl", "danet"], [50], ["infer", "train"])
+    assert vs.plan_columns("infer", args.levers, True) == ["exact", "mmseg", "exact_compile"]
+    assert vs.plan_columns("train", args.train_levers, True) == ["as_built", "mmseg", "compile"]
+    assert (args.infer_size, args.train_size, args.train_batch) == ((512, 1024), (512, 512), 1)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    envs = [vs.worker_command(vs.Job(side, "ann", 50, "infer", "exact", (32, 32), 1, 1, 2), tmp_path / "python")[1]
+            for side in ("nlseg", vs.MMSEG)]
+    for env in envs:
+        env.pop("PYTHONPATH", None)
+    assert envs[0] == envs[1] and envs[0]["MALLOC_ARENA_MAX"] == "2"  # one environment: the same allocator
+    assert "`MALLOC_ARENA_MAX=2`" in vs._allocator_line(False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert "glibc malloc with its defaults" in vs._allocator_line(False)
+    assert "`MALLOC_MMAP_MAX_=0`" in vs._allocator_line(True)
 
 
 def test_default_networks_are_the_like_for_like_rows_and_all_are_registered():

@@ -6,6 +6,7 @@ hits both sides.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,11 +33,20 @@ KEEP_HEAP = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
 no ``mmap``/``munmap`` per large tensor, so no page faults re-zeroing it on each pass (``--keep-heap``)."""
 
 
-def worker_command(job: Job, mmseg_python: Path, keep_heap: bool = False) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment that measure ``job`` in a fresh process."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(job.threads), MKL_NUM_THREADS=str(job.threads))
+def measuring_env(threads: int, keep_heap: bool = False) -> dict[str, str]:
+    """The environment of every measuring process, nlseg's and mmseg's alike (only ``PYTHONPATH`` differs): this
+    one with the thread count set and, with ``keep_heap``, :data:`KEEP_HEAP`. So the allocator is the same on
+    both sides: glibc malloc's defaults unless this environment sets ``MALLOC_*`` or ``LD_PRELOAD``, which then
+    reach both (the measuring processes never call nlseg's CLI, which may tune its own process's malloc)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if keep_heap:
         env.update(KEEP_HEAP)
+    return env
+
+
+def worker_command(job: Job, mmseg_python: Path, keep_heap: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment that measure ``job`` in a fresh process."""
+    env = measuring_env(job.threads, keep_heap)
     if job.side == MMSEG:
         python = str(mmseg_python)
         env.pop("PYTHONPATH", None)  # mmseg's process sees its own venv only
@@ -64,6 +74,7 @@ def run_table(
     tasks: Sequence[str],
     levers: Sequence[str],
     *,
+    train_levers: Sequence[str] | None = None,
     with_mmseg: bool,
     infer_size: tuple[int, int],
     train_size: tuple[int, int],
@@ -78,13 +89,17 @@ def run_table(
     timeout: float,
     log: Callable[[str], None],
 ) -> list[Row]:
-    """Measure every (network, depth, task) row's columns, alternating libraries; the rows in order."""
+    """Measure every (network, depth, task) row's columns, alternating libraries; the rows in order.
+
+    ``levers`` are nlseg's columns of both tasks (each task takes those it knows), or of inference alone when
+    ``train_levers`` names the train step's."""
     rows = []
     for network in networks:
         for depth in depths:
             for task in tasks:
                 row = Row(network, depth, task)
-                columns = plan_columns(task, levers, with_mmseg)
+                task_levers = train_levers if task == "train" and train_levers is not None else levers
+                columns = plan_columns(task, task_levers, with_mmseg)
                 runs: dict[str, list[Result]] = {column: [] for column in columns}
                 for round_index in range(rounds):
                     for column in columns if round_index % 2 == 0 else columns[::-1]:
@@ -122,8 +137,9 @@ def _merge(results: list[Result]) -> Result | None:
     """One column's rounds as one Result: all timed passes, the largest peak."""
     if not results:
         return None
+    firsts = [r.first_s for r in results if r.first_s is not None]
     return Result(
         [t for r in results for t in r.times], max(r.peak_mib for r in results), results[0].params_m,
-        results[0].gflops,
+        results[0].gflops, first_s=statistics.median(firsts) if firsts else None,
     )
 

@@ -36,17 +36,28 @@ class Job:
 
 @dataclass
 class Result:
-    """One column's timed passes (seconds), peak MiB the pass adds, parameters (M) and GFLOPs, a profile."""
+    """One column's timed passes (seconds), peak MiB the pass adds, parameters (M) and GFLOPs, a profile, and the
+    first (warm-up) pass's seconds, which for a compiled column include the compilation."""
 
     times: list[float]
     peak_mib: float
     params_m: float
     gflops: float | None = None
     profile: str | None = None
+    first_s: float | None = None
 
     @property
     def median(self) -> float:
         return statistics.median(self.times)
+
+    @property
+    def compile_s(self) -> float | None:
+        """The compilation's seconds: the first pass less a steady one (None without a first pass's time)."""
+        return None if self.first_s is None else max(self.first_s - self.median, 0.0)
+
+    def per_image(self, images: int) -> float:
+        """Seconds per image over a run of ``images`` passes that compiles once: (compile + images x t) / images."""
+        return self.median + (self.compile_s or 0.0) / images
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)

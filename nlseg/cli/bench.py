@@ -1,7 +1,8 @@
 """``nlseg bench {ops,blocks,breakdown,models,table5,train} ...``: efficiency reports (FLOPs, memory, time).
 
 Each subcommand turns its arguments into one call of a table module of :mod:`nlseg.analysis.tables`,
-prints the report's Markdown and, with ``--json``, writes its records. Sizes are written ``HxW`` (rows x
+prints the run's header (:func:`nlseg.analysis.runinfo.run_header`) and the report's Markdown and, with
+``--json``, writes its records. Sizes are written ``HxW`` (rows x
 columns): the papers' ``2048x1024`` is ``1024x2048`` here.
 """
 from __future__ import annotations
@@ -222,6 +223,10 @@ def run(args: argparse.Namespace) -> None:
         from nlseg.analysis.tables.dnl_table5 import table5
 
         report = table5(args.sizes, backward=args.backward, max_released_gib=args.max_released_gib, **common)
+    from nlseg.analysis.runinfo import run_header
+
+    print(run_header())
+    print()
     print(report.markdown())
     if args.json:
         report.write_json(args.json)
