@@ -55,7 +55,7 @@ def test_bench_breakdown_prints_steps_their_sum_and_the_check(tmp_path, capsys):
     assert main(["bench", "breakdown", "--sizes", "6x10", "--channels", "16", "--key-channels", "8",
                  "--repeats", "1", "--json", str(out_json)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("Measured 20") and "threads:" in printed and "torch " in printed
+    assert printed.startswith("Run 20") and "torch threads:" in printed and "\nDevice cpu (" in printed
     records = json.loads(out_json.read_text())
     steps = [r for r in records if r["kind"] not in ("total", "check")]
     total = {r["step"]: r for r in records if r["kind"] in ("total", "check")}

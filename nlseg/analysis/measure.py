@@ -18,8 +18,6 @@ them. :func:`measure` then
 """
 from __future__ import annotations
 
-import datetime
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nlseg.analysis.runinfo import cpu_name
 from nlseg.engine.memory import PeakMemory
 
 __all__ = [
@@ -178,30 +177,19 @@ def matmul_gflops(size: int = 4096, *, device: torch.device | str = "cpu", repea
 
 
 def processor_name(device: torch.device | str = "cpu") -> str:
-    """The CUDA device's name, else the CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    """The CUDA device's name, else the CPU's model name (:func:`nlseg.analysis.runinfo.cpu_name`)."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return cpu_name()
 
 
 def describe_run(device: torch.device | str, matmul_size: int = 1024) -> tuple[str, float]:
-    """One line saying when and where a report is measured (UTC date, device and its model, threads, torch, the
-    matmul yardstick) and the yardstick itself: the GFLOP/s of a plain ``matmul_size``² float32 matmul measured
-    now."""
+    """One line naming the measuring device and the machine's yardstick now: the GFLOP/s of a plain
+    ``matmul_size``² float32 matmul; and that figure. (When, which code, threads and settings are in the run's
+    header, :func:`nlseg.analysis.runinfo.run_header`, printed above.)"""
     matmul = matmul_gflops(matmul_size, device=device)
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    line = (
-        f"Measured {date} (UTC). Device {device} ({processor_name(device)}), threads: {torch.get_num_threads()}, "
-        f"torch {torch.__version__}; plain {matmul_size}² float32 matmul in this run: {matmul:.0f} GFLOP/s."
-    )
+    line = f"Device {device} ({processor_name(device)}); plain {matmul_size}² float32 matmul in this run: {matmul:.0f} GFLOP/s."
     return line, matmul
 
 

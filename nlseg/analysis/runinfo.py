@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["ENV_PREFIXES", "ENV_NAMES", "cpu_model", "run_facts", "run_header", "settings"]
+__all__ = ["ENV_PREFIXES", "ENV_NAMES", "cpu_model", "cpu_name", "run_facts", "run_header", "settings"]
 
 ENV_PREFIXES: tuple[str, ...] = ("MALLOC_", "ONEDNN_", "DNNL_", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCHINDUCTOR_")
 """Environment variables starting with one of these change the figures of a run (allocator, kernels, threads)."""
@@ -40,19 +40,21 @@ def settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere) and its logical CPUs."""
-    name = ""
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    name = name or platform.processor() or platform.machine() or "unknown CPU"
-    return f"{name}, {os.cpu_count()} logical CPUs"
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its logical CPUs."""
+    return f"{cpu_name()}, {os.cpu_count()} logical CPUs"
 
 
 def _version(package: str) -> str:
