@@ -56,6 +56,11 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure("ann-table1", "docs/efficiency.md", ("nlseg bench blocks --sizes 96x96,128x256 --repeats 2",), 4.0),
     Figure("ann-table2", "docs/efficiency.md", ("nlseg bench models --models ann_r101 --size 1024x2048",), 2.0),
+    Figure(
+        "ann-fig2", "docs/figures.md",
+        ("nlseg bench breakdown --repeats 3 --plot docs/images/ann_fig2_breakdown.png",),
+        2.0,
+    ),
     Figure("dnl-table5", "docs/efficiency.md", ("nlseg bench table5 --sizes 768x768,1024x2048",), 2.0),
     Figure(
         "inference-levers", "docs/efficiency.md",
