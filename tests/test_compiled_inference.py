@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -139,6 +140,27 @@ def test_the_cache_folder_follows_xdg_unless_torchinductor_cache_dir_is_set(monk
     assert inductor_cache_dir() == tmp_path / "xdg" / "nlseg" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert inductor_cache_dir() == tmp_path / "mine"
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what inductor writes there itself
+    assert inductor_cache_dir() == tmp_path / "xdg" / "nlseg" / "inductor"
+
+
+def test_nlseg_eval_says_in_one_line_which_path_ran_and_why(tmp_path, capsys):
+    """The default, auto, on a tiny Cityscapes split of two images of one size: one shape, no saving on a CPU."""
+    from test_evaluate import K, TINY_MODEL, random_frames, write_checkpoint, write_cityscapes, write_recipe
+
+    write_cityscapes(tmp_path / "cs", "val", random_frames(0, ["frankfurt_000000_000294", "munster_000002_000019"]))
+    recipe = write_recipe(tmp_path / "tiny.yaml", tmp_path / "cs")
+    torch.manual_seed(0)
+    checkpoint = write_checkpoint(tmp_path / "tiny.pt", create_model("fcn_r18", num_classes=K, **TINY_MODEL),
+                                  "fcn_r18", recipe)
+    assert cli.main(["eval", str(recipe), "--checkpoint", str(checkpoint)]) == 0
+    paths = [line for line in capsys.readouterr().err.splitlines() if line.startswith("inference path:")]
+    assert len(paths) == 1 and paths[0].startswith("inference path: eager (compile auto: 1 images left x ")
+    assert re.search(r" s x 0% expected saving vs 1 shape\(s\) x ~\d+ s compile\)$", paths[0]), paths[0]
+    assert cli.main(["eval", str(recipe), "--checkpoint", str(checkpoint), "--compile", "off"]) == 0
+    assert "inference path:" not in capsys.readouterr().err  # off was asked for: nothing to explain
 
 
 @pytest.mark.slow
