@@ -19,7 +19,7 @@ from nlseg.config import EvalConfig, InferenceOptions, load_config
 from nlseg.engine.inference import prepare_for_inference
 from nlseg.engine.inference import compiled as compiled_mod
 from nlseg.engine.inference.compiled import CompileGate, inductor_cache_dir, worth_compiling
-from nlseg.engine.inference.merge import input_shapes
+from nlseg.engine.inference.merge import input_shapes, predict_with_config
 from nlseg.errors import ConfigError
 from nlseg.models import create_model
 
@@ -180,6 +180,12 @@ def test_frozen_inductor_equals_eager_on_test_images():
             assert torch.equal(got.argmax(1), want.argmax(1))
     assert frozen.gate.compiled is not None
     assert lines == ["inference path: compiled (inductor, frozen weights; compile on)"]
+    # sliding windows: every window is one shape, so one more compile serves them all
+    slide = EvalConfig(mode="slide", crop_size=[64, 64], stride=[48, 48])
+    for image in images:
+        want = predict_with_config(eager, image, slide, num_classes=19)
+        got = predict_with_config(frozen, image, slide, num_classes=19)
+        assert (got - want).abs().max().item() <= 1e-4 and torch.equal(got.argmax(1), want.argmax(1))
 
 
 CACHED_COMPILE = textwrap.dedent("""
