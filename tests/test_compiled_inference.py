@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -164,7 +165,9 @@ def test_nlseg_eval_says_in_one_line_which_path_ran_and_why(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_frozen_inductor_equals_eager_on_test_images():
+def test_frozen_inductor_equals_eager_on_test_images(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # restored afterwards, whoever set it
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # not the user's cache
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = create_model("denoised_nl_r18", num_classes=19).eval()
@@ -230,3 +233,36 @@ def test_a_memory_probe_runs_eagerly_and_decides_nothing():
     with gate.eager(), gate.image():
         gate(torch.randn(1, 3, 16, 16))
     assert gate.path is None and gate.compiled is None and lines == []
+
+
+@pytest.mark.slow
+def test_nlseg_predict_without_a_cpp_compiler_warns_once_and_predicts_eagerly(tmp_path):
+    """CXX pointing at nothing (inductor reads it when it is imported): ``--compile on`` prints one warning line,
+    and the predictions are written as without compiling."""
+    from PIL import Image
+    from test_evaluate import K, TINY_MODEL, random_frames, write_checkpoint, write_cityscapes, write_recipe
+
+    write_cityscapes(tmp_path / "cs", "val", random_frames(0, ["frankfurt_000000_000294"]))
+    recipe = write_recipe(tmp_path / "tiny.yaml", tmp_path / "cs")
+    torch.manual_seed(0)
+    checkpoint = write_checkpoint(tmp_path / "tiny.pt", create_model("fcn_r18", num_classes=K, **TINY_MODEL),
+                                  "fcn_r18", recipe)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    env = dict(os.environ, CXX="/nonexistent/c++", PATH="/nonexistent", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    outputs = {}
+    for compile_mode, extra in (("on", env), ("off", os.environ)):
+        out = tmp_path / f"out_{compile_mode}"
+        done = subprocess.run([sys.executable, "-m", "nlseg", "predict", str(recipe), "--checkpoint", str(checkpoint),
+                               "--input", str(photos), "--output", str(out), "--compile", compile_mode],
+                              env=dict(extra), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outputs[compile_mode] = (out, done.stderr)
+    warnings = [line for line in outputs["on"][1].splitlines() if "warning" in line]
+    assert warnings == ["nlseg: warning: compiled inference needs no C++ compiler (inductor looked for /nonexistent/c++ "
+                        "on the PATH; set CXX to one); running eagerly"]
+    for name in ("0.png", "1.png"):
+        on, off = (np.asarray(Image.open(outputs[mode][0] / name)) for mode in ("on", "off"))
+        assert np.array_equal(on, off)
