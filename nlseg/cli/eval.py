@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_compile, add_device, add_recipe, compile_override, check_output_dir, check_output_file, path_arg
+from nlseg.cli.common import (
+    add_compile,
+    add_device,
+    add_recipe,
+    check_output_dir,
+    check_output_file,
+    compile_override,
+    path_arg,
+)
 
 
 def add_parser(sub) -> None:

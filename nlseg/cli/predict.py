@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_compile, add_device, add_recipe, compile_override, check_output_dir, path_arg, pixels
+from nlseg.cli.common import (
+    add_compile,
+    add_device,
+    add_recipe,
+    check_output_dir,
+    compile_override,
+    path_arg,
+    pixels,
+)
 
 
 def add_parser(sub) -> None:

@@ -151,7 +151,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     indices = _shard(len(dataset))
-    if isinstance(model, InferenceModel):  # the job ahead, for compile: auto
+    if isinstance(model, InferenceModel) and model.options.compile == "auto":  # the job ahead, for auto to weigh
         files = getattr(dataset, "samples", None)
         sizes = None if files is None else (image_size(image) or (0, 0) for image, _ in files)
         model.plan(len(indices), input_shapes(eval_cfg, sizes))

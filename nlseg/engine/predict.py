@@ -278,7 +278,7 @@ def predict_paths(
                 orphan.unlink(missing_ok=True)
     summary = PredictSummary(output_dir)
     warned = False
-    if isinstance(segmenter.model, InferenceModel):  # the job ahead, for compile: auto
+    if isinstance(segmenter.model, InferenceModel) and segmenter.model.options.compile == "auto":  # for auto to weigh
         todo = [f.input for f in plan if not (skip_existing and all(out.is_file() for out in f.outputs))]
         sizes = (_predicted_size(image_size(path) or (0, 0), max_size) for path in todo)
         segmenter.model.plan(len(todo), input_shapes(segmenter.eval_cfg, sizes))
