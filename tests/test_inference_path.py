@@ -285,7 +285,7 @@ def test_the_recipes_eval_section_is_the_inference_options():
                                "eval.channels_last=false"])
     assert isinstance(cfg.eval, InferenceOptions)  # one object: prepare_for_inference reads the section itself
     levers = {f.name: getattr(cfg.eval, f.name) for f in dataclasses.fields(InferenceOptions)}
-    assert levers == dict(aux=True, fold_bn=False, channels_last=False, amp="bf16", compile=True)
+    assert levers == dict(aux=True, fold_bn=False, channels_last=False, amp="bf16", compile="on")
     defaults = load_config("demo").eval
     assert {f.name: getattr(defaults, f.name) for f in dataclasses.fields(InferenceOptions)} == vars(InferenceOptions())
     prepared = prepare_for_inference(build("fcn_r18"), defaults)

@@ -5,6 +5,8 @@ arguments, each with a help line) and ``run(args)`` (turns them into one typed c
 argparse lives only here. Every user error — an :class:`nlseg.errors.NlsegError` raised anywhere, also
 inside a DataLoader worker — is printed as one line on stderr with exit status 2, without a traceback. A
 reader that closes the pipe early (``nlseg list models | head``) ends the command quietly, status 141.
+The process runs with the memory allocator exactly as a library user gets it: nlseg changes no process-wide
+setting (PyTorch's launcher preloads jemalloc or tcmalloc for those who want one: README, "The memory allocator").
 """
 from __future__ import annotations
 
@@ -21,11 +23,6 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "export", "bench", "viz", "demo", "list", "convert")
 """Command names; ``nlseg.cli.<name>`` (``list`` lives in ``nlseg.cli.list_``) holds each."""
-
-KEEP_HEAP_COMMANDS = frozenset({"train", "eval", "predict", "viz", "demo"})
-"""Commands that run models pass after pass in their own process: glibc keeps freed memory for them
-(:func:`nlseg.engine.runtime.keep_freed_memory`; ``NLSEG_KEEP_HEAP=0`` turns it off). ``bench`` measures with
-the allocator as it is."""
 
 
 def _module(command: str):
@@ -66,10 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``nlseg`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command in KEEP_HEAP_COMMANDS:
-        from nlseg.engine.runtime import keep_freed_memory
-
-        keep_freed_memory()
     try:
         status = _module(args.command).run(args)
         sys.stdout.flush()  # a reader that closed the pipe early shows here, not at the interpreter's exit

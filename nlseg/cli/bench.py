@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_recipe, path_arg
+from nlseg.cli.common import add_compile, add_recipe, path_arg
 from nlseg.errors import ConfigError
 
 TARGETS = ("ops", "blocks", "breakdown", "models", "table5", "train")
@@ -125,6 +125,7 @@ def add_parser(sub) -> None:
     t.add_argument("--batch-size", type=int, default=1, help="images per step (default 1)")
     t.add_argument("--num-classes", type=int, default=19, help="classes of the models (default 19, Cityscapes)")
     t.add_argument("--train", action="store_true", help="time a training step instead of inference")
+    add_compile(t, default="off", recipe=False)
     _common(t, repeats=None, repeats_help=f"timed repeats (default 3, or 1 without warm-up when a forward "
             f"exceeds {LARGE_GFLOPS_TEXT} GFLOPs)")
 
@@ -210,8 +211,10 @@ def run(args: argparse.Namespace) -> None:
         from nlseg.models import list_models
 
         _check_names("model", "--models", args.models, list_models())
+        if args.train and args.compile != "off":
+            raise ConfigError("--compile applies to inference; a training step compiles with `nlseg bench train`")
         report = models_table(args.models, args.size, batch_size=args.batch_size, num_classes=args.num_classes,
-                              train=args.train, **common)
+                              train=args.train, compile=args.compile, **common)
     elif args.target == "train":
         from nlseg.analysis.tables.train_speed import LEVERS, train_speed_table
         from nlseg.config import load_config

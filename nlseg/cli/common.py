@@ -12,11 +12,13 @@ from nlseg.errors import NlsegError, OutputError
 from nlseg.paths import expand_path
 
 __all__ = [
+    "add_compile",
     "add_device",
     "add_overrides",
     "add_recipe",
     "check_output_dir",
     "check_output_file",
+    "compile_override",
     "error_line",
     "exit_status",
     "path_arg",
@@ -59,6 +61,22 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)"
     )
+
+
+def add_compile(parser: argparse.ArgumentParser, *, default: str | None = None, recipe: bool = True) -> None:
+    """``--compile {auto,on,off}``: the compiled inference path (inductor, frozen weights); with ``recipe`` it
+    sets the recipe's ``eval.compile`` (:func:`compile_override`)."""
+    where = "default: the recipe's eval.compile, auto unless it says otherwise" if recipe else f"default: {default}"
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), default=default,
+        help="run the model compiled (inductor, frozen weights): on, off, or auto: when the job is long enough to "
+        f"pay for the compile time, judged after timing the first image eagerly ({where})",
+    )
+
+
+def compile_override(args: argparse.Namespace) -> list[str]:
+    """``args.overrides`` with ``--compile`` as ``eval.compile=...`` last (it wins over a ``--set``)."""
+    return [*args.overrides, *([f"eval.compile={args.compile}"] if args.compile else [])]
 
 
 def _writable_folder(folder: Path, flag: str, path: Path) -> None:

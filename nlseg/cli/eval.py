@@ -1,9 +1,18 @@
-"""``nlseg eval RECIPE --checkpoint CKPT [--out FILE] [--export-dir DIR] [--split NAME] [--device DEV]``."""
+"""``nlseg eval RECIPE --checkpoint CKPT [--out FILE] [--export-dir DIR] [--split NAME] [--device DEV]
+[--compile auto|on|off]``."""
 from __future__ import annotations
 
 import argparse
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir, check_output_file, path_arg
+from nlseg.cli.common import (
+    add_compile,
+    add_device,
+    add_recipe,
+    check_output_dir,
+    check_output_file,
+    compile_override,
+    path_arg,
+)
 
 
 def add_parser(sub) -> None:
@@ -22,6 +31,7 @@ def add_parser(sub) -> None:
         help="write one prediction per image in the data set's submission format into this folder",
     )
     p.add_argument("--split", help="split to evaluate (default: the recipe's data.val_split)")
+    add_compile(p)
     add_device(p)
 
 
@@ -29,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     from nlseg.config import load_config
     from nlseg.engine.evaluate import evaluate_checkpoint, format_table, metrics_to_json
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe, compile_override(args))
     out = check_output_file(args.out, "--out") if args.out else None
     export_dir = check_output_dir(args.export_dir, "--export-dir") if args.export_dir else None
     record = evaluate_checkpoint(cfg, args.checkpoint, split=args.split, device=args.device, export_dir=export_dir)

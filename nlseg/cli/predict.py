@@ -1,5 +1,5 @@
 """``nlseg predict RECIPE --checkpoint CKPT --input PATH [PATH ...] --output DIR [--max-size N] [--strict]
-[--skip-existing]``.
+[--skip-existing] [--compile auto|on|off]``.
 
 Writes ``<name>.png`` (train ids, palette), ``<name>_color.png`` and ``<name>_overlay.png`` per image;
 ``<name>`` is the image's stem, or ``<stem>_<extension>`` when several inputs share a stem. Exit status:
@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlseg.cli.common import add_device, add_recipe, check_output_dir, path_arg, pixels
+from nlseg.cli.common import (
+    add_compile,
+    add_device,
+    add_recipe,
+    check_output_dir,
+    compile_override,
+    path_arg,
+    pixels,
+)
 
 
 def add_parser(sub) -> None:
@@ -43,6 +51,7 @@ def add_parser(sub) -> None:
         "--strict", action="store_true",
         help="stop at the first image that cannot be read (exit 2) instead of reporting it and going on",
     )
+    add_compile(p)
     add_device(p)
 
 
@@ -52,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from nlseg.engine.inference import Segmenter, build_model_from_checkpoint
     from nlseg.engine.predict import collect_images, plan_outputs, predict_paths
 
-    cfg = load_config(args.recipe, args.overrides)
+    cfg = load_config(args.recipe, compile_override(args))
     inputs, passed_over = collect_images(args.input)
     plan_outputs(inputs, args.output)  # an output that would replace an input stops here, before any work
     output = check_output_dir(args.output, "--output")

@@ -96,9 +96,12 @@ def _unknown_key(key: str, source: str) -> ConfigError:
 
 
 def _choice(value: Any, choices: tuple[str, ...], key: str, where: str) -> str:
-    """A ``Literal`` choice; YAML reads ``off``/``no`` as False, which means ``off`` where that is a choice."""
+    """A ``Literal`` choice; YAML reads ``off``/``no`` as False, which means ``off`` where that is a choice, and
+    ``on``/``true`` as True, which means ``on`` where that is a choice (``eval.compile``)."""
     if value is False and "off" in choices:
         return "off"
+    if value is True and "on" in choices:
+        return "on"
     if isinstance(value, bool):
         others = [c for c in choices if c != "off"]
         raise ConfigError(f"{where}: {key} must be one of {', '.join(choices)}, got {str(value).lower()} "

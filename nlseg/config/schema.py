@@ -127,12 +127,18 @@ class InferenceOptions:
     recent GPUs)."""
     amp: Literal["off", "bf16", "fp16"] = "off"
     """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
-    compile: bool = False
-    """``torch.compile`` the model (the first image of each size compiles; pays off over many images)."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """The compiled path (inductor with frozen weights; ``nlseg.engine.inference.compiled``): ``on``, ``off``, or
+    ``auto``: compile when the rest of the job pays for the compile time, judged after timing the first image.
+    ``true``/``false`` mean on/off."""
 
     def __post_init__(self) -> None:
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"amp must be one of off, bf16, fp16; got {self.amp!r}")
+        if isinstance(self.compile, bool):  # the values before auto existed
+            self.compile = "on" if self.compile else "off"
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"compile must be one of auto, on, off; got {self.compile!r}")
 
 
 @dataclass

@@ -32,6 +32,7 @@ __all__ = [
     "Sample",
     "SegmentationDataset",
     "Transform",
+    "image_size",
     "index_palette",
     "label_table",
     "map_labels",
@@ -71,6 +72,18 @@ def _to_rgb(img: Image.Image) -> Tensor:
         return grey.div_(peak).clamp_(0.0, 1.0).expand(3, *grey.shape).clone()  # (3, H, W)
     rgb = np.array(img.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)  # (3, H, W)
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) of an image file as :func:`read_image` returns it (EXIF rotation applied), from its header only;
+    None when it cannot be read (reported when it is read)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            rotated = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # the orientations that swap the sides
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+    return (w, h) if rotated else (h, w)
 
 
 def read_image(path: str | Path) -> Tensor:

@@ -32,16 +32,18 @@ from tqdm import tqdm
 
 from nlseg.config import Config, EvalConfig
 from nlseg.data.ade20k import ADE20K
-from nlseg.data.base import DatasetError
+from nlseg.data.base import DatasetError, image_size
 from nlseg.data.cityscapes import Cityscapes
 from nlseg.engine.checkpoint import check_compatible
 from nlseg.engine.device import resolve_device
 from nlseg.engine.inference import (
+    InferenceModel,
     build_model_from_checkpoint,
     predict_with_config,
     prepare_for_inference,
     saved_normalize,
 )
+from nlseg.engine.inference.merge import input_shapes
 from nlseg.engine.metrics import ConfusionMatrix
 
 __all__ = [
@@ -148,8 +150,13 @@ def evaluate(
     scored = torch.zeros((), dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
+    indices = _shard(len(dataset))
+    if isinstance(model, InferenceModel) and model.options.compile == "auto":  # the job ahead, for auto to weigh
+        files = getattr(dataset, "samples", None)
+        sizes = None if files is None else (image_size(image) or (0, 0) for image, _ in files)
+        model.plan(len(indices), input_shapes(eval_cfg, sizes))
     try:
-        for index in tqdm(_shard(len(dataset)), desc="eval", unit="img", disable=not progress):
+        for index in tqdm(indices, desc="eval", unit="img", disable=not progress):
             sample = dataset[index]
             probs = predict_with_config(
                 model, sample["image"][None].to(device), eval_cfg, num_classes=num_classes, align_corners=align_corners

@@ -7,6 +7,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nlseg.data.base import read_image
+from nlseg.data.base import image_size, read_image
 from nlseg.engine.atomic import temp_name_pattern, write_atomic
-from nlseg.engine.inference import IMAGE_SUFFIXES, Segmenter
+from nlseg.engine.inference import IMAGE_SUFFIXES, InferenceModel, Segmenter
+from nlseg.engine.inference.merge import input_shapes
 from nlseg.errors import DatasetError, OutputError
 
 __all__ = [
@@ -67,7 +69,7 @@ def estimate_peak_memory(segmenter: Segmenter, height: int, width: int) -> int:
     for f in (factor, 2 * factor):
         size = (max(1, round(height * min(f, 1.0))), max(1, round(width * min(f, 1.0))))
         image = torch.rand(3, *size, device=segmenter.device)  # (3, h, w)
-        with PeakMemory(segmenter.device) as memory:
+        with PeakMemory(segmenter.device) as memory, _eager(segmenter):
             segmenter.predict(image)
         probes.append((size[0] * size[1], memory.peak_bytes))
         if f >= 1.0:
@@ -276,6 +278,10 @@ def predict_paths(
                 orphan.unlink(missing_ok=True)
     summary = PredictSummary(output_dir)
     warned = False
+    if isinstance(segmenter.model, InferenceModel) and segmenter.model.options.compile == "auto":  # for auto to weigh
+        todo = [f.input for f in plan if not (skip_existing and all(out.is_file() for out in f.outputs))]
+        sizes = (_predicted_size(image_size(path) or (0, 0), max_size) for path in todo)
+        segmenter.model.plan(len(todo), input_shapes(segmenter.eval_cfg, sizes))
     bar = tqdm(plan, desc="predict", unit="img", disable=not progress)
     for files in bar:
         if skip_existing and all(out.is_file() for out in files.outputs):
@@ -323,3 +329,17 @@ def predict_paths(
         summary.predicted.append(files.input)
         summary.written += list(files.outputs)
     return summary
+
+
+def _eager(segmenter: Segmenter) -> AbstractContextManager[None]:
+    """The segmenter's model run eagerly, deciding nothing about compiling (a memory probe)."""
+    return segmenter.model.eager() if isinstance(segmenter.model, InferenceModel) else nullcontext()
+
+
+def _predicted_size(size: tuple[int, int], max_size: int | None) -> tuple[int, int]:
+    """The (H, W) at which :meth:`Segmenter.predict` runs the model on an image of ``size``."""
+    h, w = size
+    if max_size is None or max(h, w) <= max_size:
+        return h, w
+    scale = max_size / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))

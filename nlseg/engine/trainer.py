@@ -303,7 +303,7 @@ def save_last(run: Run, iteration: int) -> None:
 def validate(run: Run, iteration: int) -> dict[str, Any]:
     """Score the validation split; a strictly better mIoU than any before in the run replaces ``best.pt``."""
     # On a copy (run.model trains on), not compiled: each validation's new copy would compile again.
-    model = prepare_for_inference(run.model, dataclasses.replace(run.cfg.eval, compile=False))
+    model = prepare_for_inference(run.model, dataclasses.replace(run.cfg.eval, compile="off"))
     metrics = evaluate(
         model, run.val_set, run.cfg.eval, device=run.device, num_classes=len(run.class_names),
         progress=run.dist_info.is_main,

@@ -8,12 +8,14 @@ table, :data:`nlseg.models.zoo.ZOO`, and are shown for a model measured at its p
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
 from nlseg.analysis.measure import META, Step, Workload, count_parameters, describe_run, measure, meta_gflops
 from nlseg.analysis.report import Column, Report, fmt, size_text, text_column
+from nlseg.engine.inference.compiled import CompileGate
 from nlseg.models import create_model
 from nlseg.models.zoo import zoo_entry
 
@@ -25,7 +27,8 @@ a CPU that is many seconds per run, and one-time costs are a negligible part of 
 
 
 def model_workload(
-    name: str, size: tuple[int, int], *, batch_size: int = 1, num_classes: int = 19, train: bool = False
+    name: str, size: tuple[int, int], *, batch_size: int = 1, num_classes: int = 19, train: bool = False,
+    compile: str = "off", calls: int = 1, paths: list[str] | None = None,
 ) -> Workload:
     """Inference (eval, no autograd) or one training step of ``create_model(name)`` on random images.
 
@@ -35,6 +38,10 @@ def model_workload(
         batch_size: images per step.
         num_classes: classes of the model and of the random targets.
         train: a training step (cross-entropy of every output summed, backward, SGD) instead of inference.
+        compile: inference through the compiled path: ``on``, ``off`` or ``auto``
+            (:class:`~nlseg.engine.inference.compiled.CompileGate`, deciding after the first of ``calls`` passes).
+        calls: the passes the measurement will make (warm-up included), for ``auto``.
+        paths: receives the line saying which path ran.
     """
 
     def make(device: torch.device) -> Step:
@@ -47,10 +54,14 @@ def model_workload(
         images = torch.randn(batch_size, 3, *size, device=device)
         model.train(train)
         if not train:
+            run = model
+            if compile != "off" and device != META:
+                run = CompileGate(model.requires_grad_(False), compile, log=paths.append if paths is not None else None)
+                run.plan(calls, 1)
 
             def infer() -> None:
-                with torch.no_grad():
-                    model(images, with_aux=True)  # the network as built, auxiliary heads included (Table 2)
+                with torch.no_grad(), run.image() if isinstance(run, CompileGate) else nullcontext():
+                    run(images, with_aux=True)  # the network as built, auxiliary heads included (Table 2)
 
             return infer
         target = torch.randint(0, num_classes, (batch_size, *size), device=device)
@@ -75,6 +86,7 @@ def models_table(
     batch_size: int = 1,
     num_classes: int = 19,
     train: bool = False,
+    compile: str = "off",
     repeats: int | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] | None = None,
@@ -87,6 +99,8 @@ def models_table(
         batch_size: images per step.
         num_classes: classes of the models.
         train: time a training step instead of inference.
+        compile: inference through the compiled path (``on``, ``off``, ``auto``; see :func:`model_workload`); with
+            it the first pass is always an untimed warm-up (it compiles).
         repeats: timed repeats; None: 3, or 1 without warm-up for a network above :data:`LARGE_GFLOPS`.
         device: where to run.
         log: called with one line per finished model (progress), if given.
@@ -99,8 +113,11 @@ def models_table(
         gflops = meta_gflops(model_workload(name, size, batch_size=batch_size, num_classes=num_classes))
         large = gflops / batch_size > LARGE_GFLOPS
         runs = repeats if repeats is not None else (1 if large else 3)
-        workload = model_workload(name, size, batch_size=batch_size, num_classes=num_classes, train=train)
-        m = measure(workload, device=device, warmup=0 if large else 1, repeats=runs, flops=False)
+        warmup = 0 if large and compile == "off" else 1
+        paths: list[str] = []
+        workload = model_workload(name, size, batch_size=batch_size, num_classes=num_classes, train=train,
+                                  compile=compile, calls=warmup + runs + 1, paths=paths)
+        m = measure(workload, device=device, warmup=warmup, repeats=runs, flops=False)
         paper = entry.inference_s is not None and tuple(size) == entry.input_size and not train
         records.append({
             "model": name,
@@ -114,12 +131,13 @@ def models_table(
             "images_per_s": batch_size / (m.ms / 1e3),
             "peak_mem_mib": m.peak_mib,
             "repeats": runs,
+            "path": paths[-1].removeprefix("inference path: ") if paths else "eager",
             "paper_s": entry.inference_s if paper else None,
             "paper_mem_mb": entry.memory_mb if paper else None,
             "paper_params_m": entry.params_m if paper else None,
         })
         if log:
-            log(f"  {name}: {m.ms:.0f} ms")
+            log(f"  {name}: {m.ms:.0f} ms ({records[-1]['path']})")
     columns = (
         text_column("model", "model"),
         text_column("input (HxW)", "size"),

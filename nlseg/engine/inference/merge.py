@@ -16,13 +16,15 @@ their argmax is the prediction.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlseg.config import EvalConfig
+from nlseg.engine.inference.model import InferenceModel
 
 
 _MODES = ("whole", "slide")
@@ -153,7 +155,15 @@ def predict_with_config(
     model: nn.Module, image: Tensor, eval_cfg: EvalConfig, *, num_classes: int, align_corners: bool | None = None
 ) -> Tensor:
     """:func:`predict_probs` with the settings of a recipe's ``eval`` section (mode, crop, stride,
-    scales, flip, size): (B, K, H, W) probabilities of a (B, 3, H, W) normalised batch."""
+    scales, flip, size): (B, K, H, W) probabilities of a (B, 3, H, W) normalised batch. For an
+    :class:`InferenceModel` the batch's forward calls are one image of its job (``compile: auto`` times the first)."""
+    with model.image() if isinstance(model, InferenceModel) else nullcontext():
+        return _predict_with_config(model, image, eval_cfg, num_classes=num_classes, align_corners=align_corners)
+
+
+def _predict_with_config(
+    model: nn.Module, image: Tensor, eval_cfg: EvalConfig, *, num_classes: int, align_corners: bool | None
+) -> Tensor:
     return predict_probs(
         model,
         image,
@@ -166,3 +176,17 @@ def predict_with_config(
         num_classes=num_classes,
         align_corners=align_corners,
     )
+
+
+def input_shapes(eval_cfg: EvalConfig, sizes: Iterable[tuple[int, int]] | None) -> int | None:
+    """How many distinct input shapes the model sees over a job whose images have ``sizes`` (H, W) with these
+    settings (what ``compile: auto`` weighs: each shape compiles once). A sliding window has one; whole images one
+    per size and scale, so ``sizes`` (may be a lazy generator) is read only then; None when it is needed and None.
+    """
+    if eval_cfg.mode == "slide":
+        return 1  # every window is crop_size (an image smaller than it is padded)
+    if eval_cfg.size is not None:
+        sizes = [_pair(eval_cfg.size, "size")]
+    elif sizes is None:
+        return None
+    return len({(max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))) for h, w in set(sizes) for s in eval_cfg.scales})

@@ -3,21 +3,23 @@
 :func:`prepare_for_inference` turns a trained model into one that does only inference's work
 (:class:`InferenceOptions`, the recipe's ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.amp``,
 ``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the convolutions,
-channels-last tensors, optional bf16/fp16 autocast and ``torch.compile``. The exact levers (aux, folding,
-layout) keep the float32 output to float rounding; autocast trades precision for speed
-(``tests/test_inference_path.py`` states the tolerances).
+channels-last tensors, optional bf16/fp16 autocast and the compiled path (:mod:`.compiled`: inductor with frozen
+weights, ``auto`` when the job pays for it). The exact levers (aux, folding, layout) keep the float32 output to
+float rounding; autocast trades precision for speed (``tests/test_inference_path.py`` states the tolerances).
 """
 from __future__ import annotations
 
 import copy
 import inspect
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from nlseg.config import InferenceOptions
+from nlseg.engine.inference.compiled import CompileGate
 from nlseg.models.fold import fold_batchnorm
 
 
@@ -33,14 +35,16 @@ class InferenceModel(nn.Module):
     It cannot be put back in training mode.
 
     Args:
-        model: the prepared model (folded, laid out, compiled as ``options`` say), in eval mode.
+        model: the prepared model (folded, laid out as ``options`` say), in eval mode.
         options: what was done to it.
+        compile_backend: the ``torch.compile`` backend of ``options.compile`` (:class:`CompileGate`).
     """
 
-    def __init__(self, model: nn.Module, options: InferenceOptions) -> None:
+    def __init__(self, model: nn.Module, options: InferenceOptions, compile_backend: str = "inductor") -> None:
         super().__init__()
         self.model = model
         self.options = options
+        self.gate = CompileGate(model, options.compile, backend=compile_backend)
         self.num_classes = getattr(model, "num_classes", None)
         self.align_corners = bool(getattr(model, "align_corners", False))
         self.takes_with_aux = "with_aux" in inspect.signature(model.forward).parameters
@@ -52,13 +56,26 @@ class InferenceModel(nn.Module):
             raise RuntimeError("an InferenceModel is for inference only; train the model it was prepared from")
         return super().train(False)
 
+    def plan(self, images: int, shapes: int | None) -> None:
+        """The job ahead, for ``compile: auto``: ``images`` images over ``shapes`` distinct input shapes (None:
+        unknown). See :meth:`CompileGate.plan`."""
+        self.gate.plan(images, shapes)
+
+    def image(self) -> AbstractContextManager[None]:
+        """Context of one image's forward calls (``compile: auto`` times the first; :meth:`CompileGate.image`)."""
+        return self.gate.image()
+
+    def eager(self) -> AbstractContextManager[None]:
+        """Context whose forward calls run eagerly and decide nothing (:meth:`CompileGate.eager`)."""
+        return self.gate.eager()
+
     def forward(self, x: Tensor) -> dict[str, Tensor | list[Tensor]]:
         """x (B, 3, H, W) float32 -> {"out": (B, K, H, W) float32, "aux": [(B, K, H, W) float32, ...]}."""
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = self.options.amp != "off"
         with torch.autocast(x.device.type, dtype=AMP_DTYPES.get(self.options.amp), enabled=amp):
-            result = self.model(x, with_aux=self.options.aux) if self.takes_with_aux else self.model(x)
+            result = self.gate(x, with_aux=self.options.aux) if self.takes_with_aux else self.gate(x)
         return {"out": result["out"].float(), "aux": [logits.float() for logits in result.get("aux", [])]}
 
 
@@ -84,7 +101,8 @@ def prepare_for_inference(
         channels_last_heads: with ``options.channels_last``, the decoder and heads channels-last too (a
             benchmark's knob: on the CPU, oneDNN runs the 3x3 convolutions over 1024-4096 channels that most
             heads have 1.3-1.6x slower channels-last, ASPP's dilated ones faster; docs/efficiency.md).
-        compile_backend: the ``torch.compile`` backend (``inductor``; ``eager`` / ``aot_eager`` check tracing).
+        compile_backend: the ``torch.compile`` backend of ``options.compile`` (``inductor``, with frozen weights;
+            ``eager`` / ``aot_eager`` check tracing).
 
     Returns:
         an :class:`InferenceModel`: ``forward(x)`` gives ``{"out", "aux"}`` in float32.
@@ -104,9 +122,7 @@ def prepare_for_inference(
         else:
             backbone.to(memory_format=torch.channels_last)
             backbone.register_forward_hook(_contiguous_features)
-    if options.compile:
-        model.compile(backend=compile_backend)
-    return InferenceModel(model, options)
+    return InferenceModel(model, options, compile_backend)
 
 
 def _contiguous_features(module: nn.Module, inputs: Any, features: dict[str, Tensor]) -> Mapping[str, Tensor]:
