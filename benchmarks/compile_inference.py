@@ -8,15 +8,13 @@ eval`` prepares it (folded batch norm, channels-last backbone): ``eager``; ``com
 (its first call is the cold compile plus one pass); ``compiled`` again on that folder (the warm-cache compile).
 A compile time is the first call's time minus the median compiled pass. The compiled process also runs the eager
 model once on the same image and reports the largest relative error of the logits and the share of pixels whose
-argmax differs. Prints a Markdown table with a header (date, torch version, threads, CPU model).
+argmax differs. Prints the run's header (:func:`nlseg.analysis.runinfo.run_header`) and a Markdown table.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,7 @@ import time
 
 import torch
 
+from nlseg.analysis.runinfo import run_header
 from nlseg.config import InferenceOptions
 from nlseg.engine.inference import prepare_for_inference
 from nlseg.models import create_model
@@ -56,17 +55,6 @@ def child(model_name: str, size: tuple[int, int], threads: int, repeats: int, co
     return record
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def spawn(args: argparse.Namespace, compiled: bool, cache: str) -> dict:
     command = [sys.executable, __file__, "--child", "--model", args.model, "--size", *map(str, args.size),
                "--threads", str(args.threads), "--repeats", str(args.repeats)] + (["--compiled"] if compiled else [])
@@ -92,9 +80,8 @@ def main() -> None:
         eager = spawn(args, False, cache)
         cold = spawn(args, True, cache)
         warm = spawn(args, True, cache)
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    print(f"{args.model}, 1x3x{size[0]}x{size[1]}, {now}, torch {torch.__version__}, {args.threads} threads, "
-          f"{cpu_model()}; median of {args.repeats} passes after the first\n")
+    print(run_header(threads=args.threads))
+    print(f"\n{args.model}, 1x3x{size[0]}x{size[1]}, random weights; median of {args.repeats} passes after the first\n")
     print("| path | per image | first call | compile time | max rel. error | argmax differs |")
     print("|---|---|---|---|---|---|")
     print(f"| eager | {eager['median_s']:.2f} s | {eager['first_s']:.2f} s | - | - | - |")

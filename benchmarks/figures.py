@@ -67,6 +67,11 @@ FIGURES: tuple[Figure, ...] = (
         ("python benchmarks/inference_levers.py --models ann_r50 --rounds 1 --threads 2",),
         5.0,
     ),
+    Figure(
+        "compile-inference", "docs/efficiency.md",
+        ("python benchmarks/compile_inference.py --model ann_r50 --size 512 1024 --threads 2 --repeats 3",),
+        2.5,
+    ),
     Figure("conv-layouts", "docs/efficiency.md", ("python benchmarks/conv_layouts.py --threads 2",), 1.5),
     Figure(
         "vs-mmseg", "docs/efficiency.md",
