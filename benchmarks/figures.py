@@ -78,6 +78,12 @@ FIGURES: tuple[Figure, ...] = (
         ("python benchmarks/vs_mmseg.py --record --mmseg-python {mmseg_python}",),
         22.0, needs_mmseg=True,
     ),
+    Figure(
+        "vs-mmseg-keep-heap", "docs/efficiency.md",
+        ("python benchmarks/vs_mmseg.py --networks ann nl danet --depths 50 --tasks infer --levers exact "
+         "--rounds 2 --keep-heap --mmseg-python {mmseg_python}",),
+        9.0, needs_mmseg=True,
+    ),
 )
 """Every measured block of README.md and docs/*.md, in the order ``make bench`` runs them."""
 
