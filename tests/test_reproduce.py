@@ -50,6 +50,7 @@ def test_plan_lists_each_row_and_seed_with_its_own_work_dir(tmp_path):
     (dict(seeds=(0, 0)), "--seeds 0,0: expected distinct seeds >= 0"),
     (dict(seeds=()), "--seeds: expected at least one seed"),
     (dict(size="huge"), "--size 'huge': expected one of default, tiny"),
+    (dict(iters=0), "--iters 0: expected a positive number of training iterations"),
     (dict(overrides=["train.lr=abc"]), "train.lr"),
 ])
 def test_plan_refuses_bad_input_naming_it(tmp_path, bad, words):
@@ -145,9 +146,10 @@ def test_finished_runs_are_skipped_and_only_missing_ones_train(tmp_path, monkeyp
 
 
 def test_a_half_finished_run_continues_with_the_trainers_resume(tmp_path, monkeypatch):
-    from nlseg.engine import trainer
+    from nlseg.engine import checkpoint, evaluate, trainer
 
     seen = []
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: {"iteration": 1})  # of train.iters 2
 
     def train(cfg, work_dir, *, resume=False, overwrite=False):
         seen.append((work_dir.parent.name, resume, overwrite))
@@ -161,6 +163,14 @@ def test_a_half_finished_run_continues_with_the_trainers_resume(tmp_path, monkey
     assert seen == [("baseline", False, True), ("gr", True, False)]
     record = json.loads((tmp_path / "runs" / "gr" / "seed0" / "result.json").read_text())
     assert (record["mIoU"], record["resumed"], record["seed"]) == (40.0, True, 0)
+    # at its last iteration (stopped before result.json): nothing to train, its last.pt is scored
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda path: {"iteration": 2})
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", lambda cfg, path, progress: {
+        "mIoU": 41.0, "mAcc": 0.0, "aAcc": 0.0, "path": path})
+    (tmp_path / "runs" / "gr" / "seed0" / "result.json").unlink()
+    run_reproduce("dnl-table2", out_dir=tmp_path, seeds=(0,), size="tiny", rows=["gr"], plot=False)
+    record = json.loads((tmp_path / "runs" / "gr" / "seed0" / "result.json").read_text())
+    assert len(seen) == 2 and (record["mIoU"], record["resumed"]) == (41.0, True)
 
 
 def test_other_options_in_a_used_out_dir_give_one_line_and_status_2(tmp_path, monkeypatch, capsys):
@@ -225,3 +235,11 @@ def test_tiny_tables_through_the_command_line_run_once(tmp_path, capsys, table, 
         return out[out.index("### "):out.index("Plot: ")]
 
     assert table_of(second) == table_of(first) and table_of(first).strip() == (tmp_path / "results.md").read_text().strip()
+    # Stopped after its last checkpoint but before result.json: the resume has nothing to train and scores last.pt
+    result = tmp_path / "runs" / "baseline" / "seed1" / "result.json"
+    before = json.loads(result.read_text())
+    result.unlink()
+    assert main(argv) == 0
+    third = capsys.readouterr().out
+    after = json.loads(result.read_text())
+    assert "Trained 1 of 4 runs" in third and after["resumed"] and after["mIoU"] == pytest.approx(before["mIoU"], abs=1e-9)

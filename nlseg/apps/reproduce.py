@@ -64,13 +64,16 @@ def plan(
     """Every run of the table, row by row, seed by seed, with its resolved recipe (nothing is trained).
 
     Raises:
-        ConfigError: an unknown table, row or size, no seeds, a repeated or negative seed, a bad override.
+        ConfigError: an unknown table, row or size, no seeds, a repeated or negative seed, ``iters`` < 1, a bad
+            override.
     """
     table = table_named(table) if isinstance(table, str) else table
     if not seeds:
         raise ConfigError("--seeds: expected at least one seed, e.g. --seeds 0,1,2")
     if len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise ConfigError(f"--seeds {','.join(map(str, seeds))}: expected distinct seeds >= 0")
+    if iters is not None and iters < 1:
+        raise ConfigError(f"--iters {iters}: expected a positive number of training iterations")
     runs = []
     for row in _rows(table, rows):
         for seed in seeds:
@@ -145,15 +148,19 @@ def _read_result(run: PlannedRun) -> dict[str, Any]:
 
 def _train_one(run: PlannedRun) -> dict[str, Any]:
     """Train (or continue) one run, write its ``result.json`` atomically, return that record."""
+    from nlseg.engine.checkpoint import load_checkpoint
     from nlseg.engine.evaluate import evaluate_checkpoint
     from nlseg.engine.trainer import train
 
-    resume = (run.work_dir / "last.pt").is_file()
+    last = run.work_dir / "last.pt"
+    resume = last.is_file()
     start = time.perf_counter()
-    # Without last.pt there is nothing to continue: a best.pt alone (never written before last.pt) is moved aside.
-    metrics = train(run.cfg, run.work_dir, resume=resume, overwrite=not resume)
-    if "mIoU" not in metrics:  # resumed at its last iteration: it stopped between the last save and result.json
-        metrics = evaluate_checkpoint(run.cfg, run.work_dir / "last.pt", progress=False)
+    if resume and load_checkpoint(last)["iteration"] >= run.cfg.train.iters:
+        # Stopped between its last save and result.json: nothing left to train, its last.pt is scored.
+        metrics = evaluate_checkpoint(run.cfg, last, progress=False)
+    else:
+        # Without last.pt there is nothing to continue: a best.pt alone (never written before last.pt) is moved aside.
+        metrics = train(run.cfg, run.work_dir, resume=resume, overwrite=not resume)
     record = {
         "row": run.row.key,
         "label": run.row.label,
