@@ -206,6 +206,9 @@ def test_bad_command_line_values_give_one_line_and_status_2(tmp_path, capsys):
     assert main(["reproduce", "dnl-table2", "--out-dir", str(tmp_path), "--rows", "bogus"]) == 2
     assert capsys.readouterr().err == ("nlseg reproduce: error: --rows: dnl-table2 has no row 'bogus'; its rows: "
                                        "baseline, gr, lr, gr_lr\n")
+    (tmp_path / "file").write_text("")
+    assert main(["reproduce", "dnl-table2", "--out-dir", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"nlseg reproduce: error: --out-dir {tmp_path / 'file'} is a file; expected a folder\n"
 
 
 def test_the_plot_is_written_and_a_missing_matplotlib_gives_one_line(tmp_path, monkeypatch, capsys):

@@ -21,7 +21,7 @@ from nlseg.apps.reproduce_tables import ReproRow, ReproTable, differing_keys, ro
 from nlseg.config import Config, load_config
 from nlseg.engine.interrupt import TrainingInterrupted
 from nlseg.engine.workdir import write_text_atomic
-from nlseg.errors import ConfigError, NlsegError
+from nlseg.errors import ConfigError, NlsegError, OutputError
 
 __all__ = ["PlannedRun", "plan", "run_reproduce"]
 
@@ -111,6 +111,8 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
     Raises:
         NlsegError: one line naming ``out_dir`` and each option that differs, with both values.
     """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out-dir {out_dir} is a file; expected a folder")
     path = out_dir / MANIFEST
     if path.is_file():
         try:
@@ -124,7 +126,10 @@ def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
             raise NlsegError(f"{out_dir} holds runs made with other options ({what}): run the same options "
                              "again to continue them, or choose another --out-dir")
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"--out-dir {out_dir}: cannot create the folder ({err.strerror or err})") from None
     write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
 
 
