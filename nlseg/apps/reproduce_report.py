@@ -160,7 +160,7 @@ def plot_summary(table: ReproTable, summary: Summary, path: Path) -> Path | None
 
     labels = [r.label for r in summary.rows]
     x = list(range(len(labels)))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(labels) * 2), 4.2))
+    fig, (left, right) = plt.subplots(2, 1, figsize=(max(6.0, 1.3 * len(labels)), 8.0))  # one above the other
     left.bar(x, [r.mean for r in summary.rows], yerr=[r.std for r in summary.rows], capsize=4, color="#4c72b0")
     low = min(r.mean - r.std for r in summary.rows)
     left.set_ylim(max(0.0, low - 5), min(100.0, max(r.mean + r.std for r in summary.rows) + 3))
