@@ -18,7 +18,7 @@ from nlseg.errors import ConfigError
 
 _MISSING = object()
 
-__all__ = ["SIZES", "TABLES", "ReproRow", "ReproTable", "row_config", "table_named"]
+__all__ = ["SIZES", "TABLES", "ReproRow", "ReproTable", "differing_keys", "flat_config", "row_config", "table_named"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ReproTable:
 
     @property
     def baseline(self) -> ReproRow:
+        """The row every Δ is measured against (the first)."""
         return self.rows[0]
 
     def row(self, key: str) -> ReproRow:
