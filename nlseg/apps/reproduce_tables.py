@@ -16,9 +16,9 @@ from typing import Any
 from nlseg.config import Config, load_config
 from nlseg.errors import ConfigError
 
-_MISSING = object()
-
 __all__ = ["SIZES", "TABLES", "ReproRow", "ReproTable", "differing_keys", "flat_config", "row_config", "table_named"]
+
+_MISSING = object()  # a field one config has and the other lacks
 
 
 @dataclass(frozen=True)
