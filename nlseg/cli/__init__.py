@@ -1,4 +1,4 @@
-"""``nlseg train | eval | predict | export | bench | viz | demo | list | convert`` — the command-line tool.
+"""``nlseg train | eval | predict | export | bench | viz | demo | reproduce | list | convert`` — the command-line tool.
 
 One parser tree: each command is a module of this package with ``add_parser(subparsers)`` (its
 arguments, each with a help line) and ``run(args)`` (turns them into one typed call of the library).
@@ -21,7 +21,9 @@ from nlseg.cli.common import error_line, exit_status
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS: tuple[str, ...] = ("train", "eval", "predict", "export", "bench", "viz", "demo", "list", "convert")
+COMMANDS: tuple[str, ...] = (
+    "train", "eval", "predict", "export", "bench", "viz", "demo", "reproduce", "list", "convert",
+)
 """Command names; ``nlseg.cli.<name>`` (``list`` lives in ``nlseg.cli.list_``) holds each."""
 
 
