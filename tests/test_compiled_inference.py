@@ -102,10 +102,16 @@ def test_auto_stays_eager_when_the_job_is_short_and_says_why_in_one_line():
     assert lines[0].startswith("inference path: eager (compile auto: 2 images left x ") and "~" in lines[0]
 
 
-def test_no_cpp_compiler_runs_eagerly_after_one_warning(monkeypatch, capsys):
+def test_no_cpp_compiler_runs_eagerly_after_one_warning(capsys):
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/c++"))
+    # inductor's own patch: monkeypatch's undo would delete the entry from its config (hidden from then on)
+    with inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++")}):
+        _no_compiler_runs_eagerly(capsys)
+    assert inductor_config.cpp.cxx[1] != "/nonexistent/c++"
+
+
+def _no_compiler_runs_eagerly(capsys) -> None:
     assert compiled_mod.missing_compiler("cpu") == ("no C++ compiler (inductor looked for /nonexistent/c++ on the "
                                                     "PATH; set CXX to one)")
     model, lines = _tiny(), []
@@ -115,8 +121,8 @@ def test_no_cpp_compiler_runs_eagerly_after_one_warning(monkeypatch, capsys):
         torch.testing.assert_close(gate(x), model(x), rtol=0, atol=0)
     assert gate.compiled is None
     assert capsys.readouterr().err.splitlines() == [
-        "nlseg: warning: compiled inference needs no C++ compiler (inductor looked for /nonexistent/c++ on the PATH; "
-        "set CXX to one); running eagerly"]
+        "nlseg: warning: compiled inference is not possible here: no C++ compiler (inductor looked for "
+        "/nonexistent/c++ on the PATH; set CXX to one); running eagerly"]
     assert lines == [] and gate.path.startswith("eager (no C++ compiler")  # the warning was the one line
 
 
@@ -264,7 +270,7 @@ def test_nlseg_predict_without_a_cpp_compiler_warns_once_and_predicts_eagerly(tm
         assert done.returncode == 0, done.stderr
         outputs[compile_mode] = (out, done.stderr)
     warnings = [line for line in outputs["on"][1].splitlines() if "warning" in line]
-    assert warnings == ["nlseg: warning: compiled inference needs no C++ compiler (inductor looked for "
+    assert warnings == ["nlseg: warning: compiled inference is not possible here: no C++ compiler (inductor looked for "
                         "/nonexistent/c++ on the PATH; set CXX to one); running eagerly"]
     for name in ("0.png", "1.png"):
         on, off = (np.asarray(Image.open(outputs[mode][0] / name)) for mode in ("on", "off"))

@@ -74,7 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = exit_status(err)
         if status is None:
             raise
-        print(f"nlseg {args.command}: {error_line(err)}", file=sys.stderr)
+        # One write with its newline: under torchrun every rank shares one unbuffered stderr, and print's two
+        # writes (text, then newline) let another rank's line land between them.
+        sys.stderr.write(f"nlseg {args.command}: {error_line(err)}\n")
+        sys.stderr.flush()
     return int(status or 0)
 
 

@@ -223,7 +223,7 @@ class CompileGate:
             options = {"freezing": True}
         missing = missing_compiler(device_type) if self.backend == "inductor" else None
         if missing:
-            _warn(f"compiled inference needs {missing}; running eagerly")  # the one line of this fallback
+            _warn(f"compiled inference is not possible here: {missing}; running eagerly")  # the one line
             self._decide(f"eager ({missing})", say=False)
             return
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=False, options=options)
