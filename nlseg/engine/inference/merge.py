@@ -137,7 +137,7 @@ def predict_probs(
     total = image.new_zeros(image.shape[0], num_classes, h, w, dtype=torch.float32)  # (B, K, H, W)
     views = 0
     for scale in scales:
-        scaled = _resize(base, (max(1, int(bh * scale + 0.5)), max(1, int(bw * scale + 0.5))), align_corners)
+        scaled = _resize(base, _scaled_size(bh, bw, scale), align_corners)
         for mirrored in (False, True) if flip else (False,):
             view = scaled.flip(-1) if mirrored else scaled
             if mode == "whole":
@@ -189,4 +189,9 @@ def input_shapes(eval_cfg: EvalConfig, sizes: Iterable[tuple[int, int]] | None) 
         sizes = [_pair(eval_cfg.size, "size")]
     elif sizes is None:
         return None
-    return len({(max(1, int(h * s + 0.5)), max(1, int(w * s + 0.5))) for h, w in set(sizes) for s in eval_cfg.scales})
+    return len({_scaled_size(h, w, s) for h, w in set(sizes) for s in eval_cfg.scales})
+
+
+def _scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size of an (H, W) view resized by ``scale`` for multi-scale testing (rounded, at least 1 pixel)."""
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
