@@ -51,8 +51,9 @@ FIGURES: tuple[Figure, ...] = (
     ),
     Figure(
         "attention-paths", "README.md",
-        ("python benchmarks/attention_paths.py --shapes 64:512:48x96 64:512:64x128 --rows 128 --repeats 3",),
-        1.5,
+        ("python benchmarks/attention_paths.py --shapes 64:512:48x96 64:512:64x128 64:512:64x128:8 --rows 128 "
+         "--repeats 3",),
+        3.0,
     ),
     Figure("ann-table1", "docs/efficiency.md", ("nlseg bench blocks --sizes 96x96,128x256 --repeats 2",), 4.0),
     Figure("ann-table2", "docs/efficiency.md", ("nlseg bench models --models ann_r101 --size 1024x2048",), 2.0),

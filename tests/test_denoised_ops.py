@@ -99,6 +99,38 @@ def test_chunking_does_not_change_the_result(chunk_size):
         assert_rel_close(g, g_ref, 1e-12)
 
 
+@pytest.mark.parametrize("rectify,retain", [(True, True), (False, False)])
+def test_far_negative_exponents_are_floored_without_changing_the_function(rectify, retain, monkeypatch):
+    """Scores spread over hundreds (most shifted scores below -87, where the CPU's exp is slow): the chunks floor the
+    exponents at EXP_FLOOR; in float32 that moves no value or gradient beyond rounding, in float64 the literal
+    equations still hold."""
+    import nlseg.ops.denoised as denoised_module
+    from nlseg.ops.attention import EXP_FLOOR
+
+    q, k, v, p = make_inputs(h=6, w=9, seed=3)
+    q = (q.detach() * 30).requires_grad_()
+    scores = torch.einsum("bci,bcj->bij", q.flatten(2), k.flatten(2))
+    assert ((scores - scores.amax(-1, keepdim=True)) < EXP_FLOOR).double().mean() > 0.6
+    options = dict(kernel_size=3, rectify=rectify, retain=retain, chunk_size=7)
+    fast = lambda *x: denoised_attention(*x, **options)  # noqa: E731
+    out, grads = values_and_grads(fast, [t.detach().float().requires_grad_() for t in (q, k, v, p)])
+    monkeypatch.setattr(denoised_module, "softmax_numerator_", lambda shifted: shifted.exp_())
+    out_plain, grads_plain = values_and_grads(fast, [t.detach().float().requires_grad_() for t in (q, k, v, p)])
+    monkeypatch.undo()
+    assert_rel_close(out, out_plain)
+    for g, g_plain in zip(grads, grads_plain):
+        assert (g is None) == (g_plain is None)
+        if g is not None:
+            assert_rel_close(g, g_plain)
+    out64, grads64 = values_and_grads(fast, [q, k, v, p])
+    out_lit, grads_lit = values_and_grads(lambda *x: literal_denoised(*x, 3, rectify, retain), [q, k, v, p])
+    assert_rel_close(out64, out_lit)
+    for g, g_lit in zip(grads64, grads_lit):
+        assert (g is None) == (g_lit is None)
+        if g is not None:
+            assert_rel_close(g, g_lit)
+
+
 def test_gradcheck_denoised_attention():
     inputs = make_inputs(b=1, ck=3, cv=2, k=3, h=3, w=4)
     assert torch.autograd.gradcheck(lambda *x: denoised_attention(*x, chunk_size=5), inputs)

@@ -124,6 +124,30 @@ def test_nonlocal_query_blocks_match_reference_float32_odd_sizes(monkeypatch):
                          lambda *t: nonlocal_attention_reference(*t, scale=1.0), (q * 3, k, v), rtol=1e-4, atol=1e-4)
 
 
+def test_nonlocal_query_blocks_floor_far_negative_exponents_and_keep_the_function(monkeypatch):
+    """Scores spread over hundreds, as in DANet's PAM (no scale) at random init, where 99 % of a row's shifted
+    scores lie below -87 and the CPU's exp leaves its fast path: the blocks raise those exponents to EXP_FLOOR and
+    still give the float64 reference's values and gradients to float32 rounding."""
+    monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 2 * 157 * 50)  # 50 rows per block
+    torch.manual_seed(0)
+    q, k, v = tokens_of_map(2, 16, 301) * 40, tokens_of_map(2, 16, 157), tokens_of_map(2, 40, 157)
+    scores = torch.bmm(q, k.transpose(1, 2))
+    assert ((scores - scores.amax(-1, keepdim=True)) < attention_module.EXP_FLOOR).double().mean() > 0.9
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    floored = lambda *t: nonlocal_attention(*t, scale=1.0)  # noqa: E731
+
+    def unfloored(*t):  # the same blocks with a plain exp
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(attention_module, "softmax_numerator_", lambda shifted: shifted.exp_())
+            return nonlocal_attention(*t, scale=1.0)
+
+    # float32: the floor changes no value or gradient beyond rounding (float32's own error here is 1e-5 of the
+    # largest gradient, far above this tolerance)
+    assert_same_function(floored, unfloored, (q32, k32, v32), rtol=1e-6, atol=1e-12)
+    # float64: the reference's values and gradients
+    assert_same_function(floored, lambda *t: nonlocal_attention_reference(*t, scale=1.0), (q, k, v))
+
+
 def test_nonlocal_query_blocks_hold_no_map(monkeypatch):
     """Forward + backward at Ck != Cv holds two blocks of the map at most, never the Nq x Nk map."""
     monkeypatch.setattr(attention_module, "BLOCK_ELEMENTS", 64 * 1024)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from nlseg.ops.attention import softmax_numerator_
 from nlseg.ops.local import exporting, local_aggregate, local_relation, local_relation_reference
 
 __all__ = ["CHUNK_ELEMENTS", "denoised_attention", "denoised_attention_reference"]
@@ -65,7 +66,7 @@ class _GatedAttention(torch.autograd.Function):
             i1 = min(n, i0 + rows)
             weights = torch.bmm(q[:, i0:i1], k_t)  # scores, (B, r, N)
             row_max = weights.amax(-1, keepdim=True)
-            weights = weights.sub_(row_max).exp_()  # unnormalised softmax numerator
+            weights = softmax_numerator_(weights.sub_(row_max))  # unnormalised
             denom = weights.sum(-1, keepdim=True)  # (B, r, 1)
             if p is not None:
                 weights.mul_(torch.bmm(p[:, i0:i1], p_t).sigmoid_())  # gate the numerator only
@@ -96,7 +97,7 @@ class _GatedAttention(torch.autograd.Function):
             d_out = grad_out[:, i0:i1]  # (B, r, Cv)
             # D_i = Σ_j A'_ij (dO_i · v_j) = dO_i · O_i: the row term of the softmax backward, (B, r, 1).
             d_row = (d_out * out[:, i0:i1]).sum(-1, keepdim=True)
-            prob = torch.bmm(q_aug[:, i0:i1], k_aug_t).exp_()  # P, (B, r, N)
+            prob = softmax_numerator_(torch.bmm(q_aug[:, i0:i1], k_aug_t))  # P, (B, r, N)
             d_attn = torch.bmm(d_out, v_t)  # dL/dA', (B, r, N)
             if p is None:
                 dv_t.baddbmm_(d_out.transpose(1, 2), prob)
