@@ -11,8 +11,9 @@ the first round only and reports the median of three passes after the warm-up.
 
 Configurations: ``as built`` (``model(x, with_aux=True)`` in eval mode, what nlseg ran before the inference
 path), each lever of :class:`~nlseg.engine.inference.InferenceOptions` alone (``no aux``, ``fold bn``,
-``channels last``, ``bf16``, ``compile``), all exact levers together (no aux + fold bn + channels last) and
-those with bf16. Memory: the peak of tensor memory allocated during one pass, in the first round
+``fold bn + fuse`` (fusing needs folded norms), ``channels last``, ``bf16``, ``compile``), all exact levers
+together (``exact levers``: no aux + fold bn + channels last + fuse, the defaults), the same without fusing
+(``exact, not fused``) and the exact levers with bf16. Memory: the peak of tensor memory allocated during one pass, in the first round
 (:class:`~nlseg.engine.memory.PeakMemory`; not measurable for compiled code, whose buffers bypass the
 dispatcher), and the process's peak resident set over the rounds (weights, Python and allocator included).
 """
@@ -33,14 +34,16 @@ from nlseg.engine.memory import PeakMemory
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.models import create_model
 
-ALONE = dict(aux=True, fold_bn=False, channels_last=False)
+ALONE = dict(aux=True, fold_bn=False, channels_last=False, fuse=False)
 CONFIGS: dict[str, InferenceOptions | None] = {
     "as built": None,
     "no aux": InferenceOptions(**{**ALONE, "aux": False}),
     "fold bn": InferenceOptions(**{**ALONE, "fold_bn": True}),
+    "fold bn + fuse": InferenceOptions(**{**ALONE, "fold_bn": True, "fuse": True}),
     "channels last": InferenceOptions(**{**ALONE, "channels_last": True}),
     "bf16": InferenceOptions(**ALONE, amp="bf16"),
     "compile": InferenceOptions(**ALONE, compile=True),
+    "exact, not fused": InferenceOptions(aux=False, fold_bn=True, channels_last=True, fuse=False),
     "exact levers": InferenceOptions(aux=False, fold_bn=True, channels_last=True),
     "exact + bf16": InferenceOptions(aux=False, fold_bn=True, channels_last=True, amp="bf16"),
 }

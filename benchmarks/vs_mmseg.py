@@ -48,7 +48,7 @@ What is measured, identically on both sides:
   pass less a steady one, and inference's per-image time over a run of 100 images counts it once:
   (compile + 100 x t) / 100, next to mmseg's per-image time.
 - ``--record`` (the table ``make bench`` writes into docs/efficiency.md): ANN, NL and DANet R-50; inference at
-  1 x 3 x 512 x 1024 with ``exact`` (nlseg's default float32 eager path) and ``exact_compile``; one train step at
+  1 x 3 x 512 x 1024 with ``exact`` (nlseg's default float32 eager path), ``exact_unfused`` and ``exact_compile``; one train step at
   512 x 512, batch 1, ``as_built`` (eager) and ``compile``; mmseg in both.
 - ``--device cuda``: both sides on the first GPU (the mmseg venv with a CUDA torch: ``TORCH_SPEC=torch==2.13.0
   bash benchmarks/mmseg_env.sh``); each timed pass ends with ``torch.cuda.synchronize``, and peak memory is the
@@ -56,7 +56,8 @@ What is measured, identically on both sides:
 
 Columns (``infer``): ``with_aux``, ``as_built``, each lever alone on top of ``as_built`` (``fold_bn``,
 ``channels_last`` (the backbone's; the decoder and heads take contiguous maps), ``bf16``, ``compile`` with
-``--compile``), ``exact`` = fold_bn + channels_last (nlseg's defaults), ``exact_cl_heads`` = exact with the decoder
+``--compile``), ``exact`` = fold_bn + channels_last + fuse (nlseg's defaults), ``exact_unfused`` = exact without
+fused epilogues (``eval.fuse=false``), ``exact_cl_heads`` = exact with the decoder
 and heads channels-last too (``prepare_for_inference(..., channels_last_heads=True)``),
 ``exact_compile`` = exact + ``torch.compile`` (with ``--compile``; the compile time is not counted), mmseg, and
 ``mmseg / nlseg`` = mmseg's time over ``exact``'s (> 1: nlseg faster), and over ``exact_compile``'s where measured.
@@ -96,7 +97,7 @@ __all__ = [
 
 ROOT = HERE.parent
 RECORD_NETWORKS = ("ann", "nl", "danet")
-RECORD_INFER = (EXACT, "exact_compile")
+RECORD_INFER = ("exact_unfused", EXACT, "exact_compile")
 """``--record``'s inference columns: nlseg's default float32 eager path (``nlseg eval``'s defaults) and the same
 compiled (``eval.compile``'s ``compile=True``)."""
 RECORD_TRAIN = ("as_built", "compile")

@@ -80,7 +80,7 @@ def test_table_adds_the_compiled_ratio_when_measured():
 def test_record_measures_the_issue_columns_and_states_one_allocator_for_both_sides(monkeypatch, tmp_path):
     args = vs.parse_args(["--record"])
     assert (args.networks, args.depths, args.tasks) == (["ann", "nl", "danet"], [50], ["infer", "train"])
-    assert vs.plan_columns("infer", args.levers, True) == ["exact", "mmseg", "exact_compile"]
+    assert vs.plan_columns("infer", args.levers, True) == ["exact_unfused", "mmseg", "exact", "exact_compile"]
     assert vs.plan_columns("train", args.train_levers, True) == ["as_built", "mmseg", "compile"]
     assert (args.infer_size, args.train_size, args.train_batch) == ((512, 1024), (512, 512), 1)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")

@@ -125,6 +125,10 @@ class InferenceOptions:
     channels_last: bool = True
     """The backbone's weights and maps in channels-last memory layout (exact; faster convolutions on CPU and
     recent GPUs)."""
+    fuse: bool = True
+    """On the CPU, run each residual block's folded convolutions with ReLU, shortcut sum and ReLU fused into
+    oneDNN's convolutions, the block's output written into its shortcut buffer (``nlseg.models.fuse``; exact;
+    needs ``fold_bn``)."""
     amp: Literal["off", "bf16", "fp16"] = "off"
     """Autocast inside the forward: off, bf16 or fp16 (logits within ~1e-2 of float32); YAML's ``off`` is off."""
     compile: Literal["auto", "on", "off"] = "auto"

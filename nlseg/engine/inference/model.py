@@ -1,10 +1,10 @@
 """The inference-only model.
 
 :func:`prepare_for_inference` turns a trained model into one that does only inference's work
-(:class:`InferenceOptions`, the recipe's ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.amp``,
-``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the convolutions,
-channels-last tensors, optional bf16/fp16 autocast and the compiled path (:mod:`.compiled`: inductor with frozen
-weights, ``auto`` when the job pays for it). The exact levers (aux, folding, layout) keep the float32 output to
+(:class:`InferenceOptions`, the recipe's ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.fuse``,
+``eval.amp``, ``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the convolutions,
+channels-last tensors, the residual blocks' epilogues fused into oneDNN's convolutions on the CPU, optional bf16/fp16 autocast and the compiled path (:mod:`.compiled`: inductor with frozen
+weights, ``auto`` when the job pays for it). The exact levers (aux, folding, layout, fusion) keep the float32 output to
 float rounding; autocast trades precision for speed (``tests/test_inference_path.py`` states the tolerances).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from nlseg.config import InferenceOptions
 from nlseg.engine.inference.compiled import CompileGate
 from nlseg.models.fold import fold_batchnorm
+from nlseg.models.fuse import fuse_epilogues
 
 
 AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,6 +123,8 @@ def prepare_for_inference(
         else:
             backbone.to(memory_format=torch.channels_last)
             backbone.register_forward_hook(_contiguous_features)
+    if options.fuse:
+        fuse_epilogues(model)  # the blocks whose norms were folded
     return InferenceModel(model, options, compile_backend)
 
 
