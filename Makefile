@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/nlseg demo
 
 # bench: regenerate every measured figure of README.md and docs/efficiency.md (the blocks between
-# <!-- bench:NAME --> markers; benchmarks/figures.py lists them), about 48 min on 2 idle cores.
+# <!-- bench:NAME --> markers; benchmarks/figures.py lists them), about 77 min on 2 idle cores.
 # BENCH_ARGS="--only ops" for some; MMSEG_PYTHON: mmseg's venv (bash benchmarks/mmseg_env.sh) for vs-mmseg.
 MMSEG_PYTHON ?= .venv-mmseg/bin/python
 bench: $(STAMP)

@@ -34,7 +34,8 @@ from nlseg.engine.memory import PeakMemory
 from nlseg.engine.inference import InferenceOptions, prepare_for_inference
 from nlseg.models import create_model
 
-ALONE = dict(aux=True, fold_bn=False, channels_last=False, fuse=False)
+ALONE = dict(aux=True, fold_bn=False, channels_last=False, fuse=False, compile="off")
+EXACT = dict(aux=False, fold_bn=True, channels_last=True, compile="off")
 CONFIGS: dict[str, InferenceOptions | None] = {
     "as built": None,
     "no aux": InferenceOptions(**{**ALONE, "aux": False}),
@@ -42,10 +43,10 @@ CONFIGS: dict[str, InferenceOptions | None] = {
     "fold bn + fuse": InferenceOptions(**{**ALONE, "fold_bn": True, "fuse": True}),
     "channels last": InferenceOptions(**{**ALONE, "channels_last": True}),
     "bf16": InferenceOptions(**ALONE, amp="bf16"),
-    "compile": InferenceOptions(**ALONE, compile=True),
-    "exact, not fused": InferenceOptions(aux=False, fold_bn=True, channels_last=True, fuse=False),
-    "exact levers": InferenceOptions(aux=False, fold_bn=True, channels_last=True),
-    "exact + bf16": InferenceOptions(aux=False, fold_bn=True, channels_last=True, amp="bf16"),
+    "compile": InferenceOptions(**{**ALONE, "compile": "on"}),
+    "exact, not fused": InferenceOptions(**EXACT, fuse=False),
+    "exact levers": InferenceOptions(**EXACT),
+    "exact + bf16": InferenceOptions(**EXACT, amp="bf16"),
 }
 
 
@@ -70,7 +71,7 @@ def child(model_name: str, config: str, size: tuple[int, int], threads: int, pas
             run(x)
             times.append(time.perf_counter() - start)
         peak = float("nan")
-        if memory and not (options and options.compile):
+        if memory and not (options and options.compile == "on"):
             with PeakMemory("cpu") as mem:
                 run(x)
             peak = mem.peak_mib

@@ -126,3 +126,16 @@ def test_prepare_for_inference_fuses_only_folded_blocks():
         fused = prepare_for_inference(model)(x)["out"]
         unfused = prepare_for_inference(model, InferenceOptions(fuse=False))(x)["out"]
     close(fused, unfused)
+
+
+def test_fused_convolutions_count_the_flops_of_the_unfused_ones():
+    from nlseg.analysis.measure import count_flops
+
+    model = create_model("fcn_r50", num_classes=3)
+    x = torch.randn(1, 3, 64, 80)
+    counts = {}
+    for fuse in (False, True):
+        prepared = prepare_for_inference(model, InferenceOptions(fuse=fuse))
+        with torch.no_grad():
+            counts[fuse] = count_flops(lambda prepared=prepared: prepared(x))
+    assert counts[True] == counts[False] > 0

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from nlseg.analysis.runinfo import cpu_name
 from nlseg.engine.memory import PeakMemory
@@ -71,14 +71,30 @@ def _cpu_flash_backward_flops(grad_shape, q_shape, k_shape, v_shape, *args, out_
     return 2 * b * h * nq * nk * (3 * d + 2 * dv)
 
 
-# FlopCounterMode knows the out-of-place products and the GPU attention kernels only; the in-place products
-# and PyTorch's CPU flash attention do the same work as their counted relatives.
+def _fused_conv_flops(x_shape, second, third, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's fused convolution (``nlseg.models.fuse``): ``(X, W, B, ...)`` or, with a sum, ``(X, other, W, B,
+    ...)``; the convolution's FLOPs, as for ``aten.convolution`` (the ReLU and the sum are not products)."""
+    weight = third if isinstance(third, (tuple, list, torch.Size)) and len(third) == len(x_shape) else second
+    return conv_flop_count(x_shape, weight, out_shape, transposed=False)
+
+
+def _fused_conv_inplace_flops(other_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """Its in-place form ``(other, X, W, B, ...)``, which writes ``conv(X) + other`` into ``other``."""
+    return conv_flop_count(x_shape, w_shape, other_shape, transposed=False)
+
+
+# FlopCounterMode knows the out-of-place products, the ATen convolutions and the GPU attention kernels only; the
+# in-place products, PyTorch's CPU flash attention and oneDNN's fused convolutions do the same work as their
+# counted relatives.
 _INPLACE_PRODUCTS = {
     torch.ops.aten.baddbmm_: _inplace_product_flops,
     torch.ops.aten.addmm_: _inplace_product_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash_flops,
     torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward_flops,
 }
+if hasattr(torch.ops.mkldnn, "_convolution_pointwise_"):
+    _INPLACE_PRODUCTS[torch.ops.mkldnn._convolution_pointwise] = _fused_conv_flops
+    _INPLACE_PRODUCTS[torch.ops.mkldnn._convolution_pointwise_] = _fused_conv_inplace_flops
 
 
 def count_flops(fn: Step) -> float:

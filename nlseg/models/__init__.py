@@ -6,7 +6,9 @@ reproduces and its figures. A model is a :class:`Segmentor` composed by a family
 :func:`ann`, :func:`denoised_nl_pipeline`, :func:`denoised_nl`, :func:`context_head`) from a backbone (:class:`BackboneOptions`),
 auxiliary heads and the family's decoder. Its forward returns ``{"out": logits, "aux": [logits, ...]}``,
 all at the input's resolution ("aux" empty in eval mode unless ``with_aux=True``).
-:func:`nlseg.models.fold.fold_batchnorm` folds its batch norms into the convolutions for inference.
+:func:`nlseg.models.fold.fold_batchnorm` folds its batch norms into the convolutions for inference, and
+:func:`nlseg.models.fuse.fuse_epilogues` then runs its residual blocks' ReLUs and shortcut sums inside oneDNN's
+convolutions on the CPU.
 """
 from nlseg.models.ann import ANNDecoder, ann
 from nlseg.models.base import BackboneOptions, SegHead, Segmentor, build_aux_heads
