@@ -99,7 +99,7 @@ def test_auto_stays_eager_when_the_job_is_short_and_says_why_in_one_line():
         with gate.image():
             gate(x)
     assert gate.compiled is None and len(lines) == 1
-    assert lines[0].startswith("inference path: eager (compile auto: 2 images left x ") and "~" in lines[0]
+    assert lines[0].startswith("inference path: eager (compile auto: 2 image(s) left x ") and "~" in lines[0]
 
 
 def test_no_cpp_compiler_runs_eagerly_after_one_warning(capsys):
@@ -165,7 +165,7 @@ def test_nlseg_eval_says_in_one_line_which_path_ran_and_why(tmp_path, capsys):
                                   "fcn_r18", recipe)
     assert cli.main(["eval", str(recipe), "--checkpoint", str(checkpoint)]) == 0
     paths = [line for line in capsys.readouterr().err.splitlines() if line.startswith("inference path:")]
-    assert len(paths) == 1 and paths[0].startswith("inference path: eager (compile auto: 1 images left x ")
+    assert len(paths) == 1 and paths[0].startswith("inference path: eager (compile auto: 1 image(s) left x ")
     assert re.search(r" s x 0% expected saving vs 1 shape\(s\) x ~\d+ s compile\)$", paths[0]), paths[0]
     assert cli.main(["eval", str(recipe), "--checkpoint", str(checkpoint), "--compile", "off"]) == 0
     assert "inference path:" not in capsys.readouterr().err  # off was asked for: nothing to explain

@@ -203,7 +203,7 @@ class CompileGate:
         shapes = self.shapes if self.shapes is not None else max(self.images, 1)
         saving = EXPECTED_SAVING.get(device_type, 0.0)
         cost = compile_seconds(device_type)
-        why = (f"{remaining} images left x {seconds:.2f} s x {saving:.0%} expected saving vs {shapes} shape(s) x "
+        why = (f"{remaining} image(s) left x {seconds:.2f} s x {saving:.0%} expected saving vs {shapes} shape(s) x "
                f"~{cost:.0f} s compile")
         if worth_compiling(remaining, seconds, shapes, saving=saving, compile_seconds=cost):
             self._start_compiling(f"compile auto: {why}")
