@@ -36,7 +36,7 @@ from nlseg.ops.local import exporting
 
 __all__ = ["FusedStage", "fuse_epilogues", "fusion_available"]
 
-_LAST_CONV: dict[type[nn.Module], tuple[str, ...]] = {
+_CONVS: dict[type[nn.Module], tuple[str, ...]] = {
     Bottleneck: ("conv1", "conv2", "conv3"),
     BasicBlock: ("conv1", "conv2"),
 }
@@ -73,7 +73,7 @@ def fuse_epilogues(model: nn.Module) -> int:
 
 def _fusable_block(block: nn.Module) -> bool:
     """A residual block whose norms are folded and whose convolutions oneDNN's fused ops can run as they are."""
-    names = _LAST_CONV.get(type(block))
+    names = _CONVS.get(type(block))
     if names is None:
         return False
     norms = [getattr(block, f"bn{i}") for i in range(1, len(names) + 1)]
@@ -112,7 +112,7 @@ def _fused_path(x: Tensor, block: nn.Module) -> bool:
 def _run_fused(block: nn.Module, x: Tensor, owned: bool) -> Tensor:
     """One residual block: ReLU fused into its convolutions, the last one fused with the shortcut sum and the
     ReLU, written into the shortcut buffer when the stage owns it (``owned``, or a projection's output)."""
-    convs = [getattr(block, name) for name in _LAST_CONV[type(block)]]
+    convs = [getattr(block, name) for name in _CONVS[type(block)]]
     shortcut = x if block.downsample is None else block.downsample(x)
     out = x
     for conv in convs[:-1]:
