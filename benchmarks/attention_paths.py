@@ -8,7 +8,8 @@ Each shape is ``Ck:Cv:HxW`` or ``Ck:Cv:HxW:SPREAD`` (batch 1, Nq = Nk = H·W; DA
 the scores q·k have a standard deviation of √Ck; at 64:512 spread 8, most of each row's shifted scores lie below
 -87, as in DANet's PAM at random init, where the CPU's ``exp`` is slow unless the op floors the exponents
 (:data:`~nlseg.ops.attention.EXP_FLOOR`): the path "query blocks, default, exp not floored" is the op's default
-block with a plain ``exp``, what nlseg ran before the floor. Forward + backward (``torch.autograd.grad`` of the output against a fixed gradient, for q, k, v)
+block with a plain ``exp``, what nlseg ran before the floor. Forward + backward (``torch.autograd.grad`` of the
+output against a fixed gradient, for q, k, v)
 of :func:`nlseg.ops.attention.sdpa_attention` (the flash kernel, Ck != Cv zero-padded to one head width) and of
 :func:`nlseg.ops.attention.query_block_attention` at each ``--rows`` and at the op's default block
 (:data:`~nlseg.ops.attention.BLOCK_ELEMENTS` map values). All paths of one shape run in one process, alternating
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     for ck, cv, size, spread in args.shapes:
         for r in measure_shape(ck, cv, size, args.rows, args.repeats, spread):
             records.append(r)
-            print(f"| {ck} | {cv} | {r['size']} | {spread:g} | {r['path']} | {r['ms']:.0f} | {r['speedup_vs_sdpa']:.2f}× "
+            print(f"| {ck} | {cv} | {r['size']} | {spread:g} | {r['path']} | {r['ms']:.0f} "
+                  f"| {r['speedup_vs_sdpa']:.2f}× "
                   f"| {r['peak_mib']:.1f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

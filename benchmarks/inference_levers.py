@@ -13,7 +13,8 @@ Configurations: ``as built`` (``model(x, with_aux=True)`` in eval mode, what nls
 path), each lever of :class:`~nlseg.engine.inference.InferenceOptions` alone (``no aux``, ``fold bn``,
 ``fold bn + fuse`` (fusing needs folded norms), ``channels last``, ``bf16``, ``compile``), all exact levers
 together (``exact levers``: no aux + fold bn + channels last + fuse, the defaults), the same without fusing
-(``exact, not fused``) and the exact levers with bf16. Memory: the peak of tensor memory allocated during one pass, in the first round
+(``exact, not fused``) and the exact levers with bf16. Memory: the peak of tensor memory allocated during one
+pass, in the first round
 (:class:`~nlseg.engine.memory.PeakMemory`; not measurable for compiled code, whose buffers bypass the
 dispatcher), and the process's peak resident set over the rounds (weights, Python and allocator included).
 """

@@ -48,8 +48,8 @@ What is measured, identically on both sides:
   pass less a steady one, and inference's per-image time over a run of 100 images counts it once:
   (compile + 100 x t) / 100, next to mmseg's per-image time.
 - ``--record`` (the table ``make bench`` writes into docs/efficiency.md): ANN, NL and DANet R-50; inference at
-  1 x 3 x 512 x 1024 with ``exact`` (nlseg's default float32 eager path), ``exact_unfused`` and ``exact_compile``; one train step at
-  512 x 512, batch 1, ``as_built`` (eager) and ``compile``; mmseg in both.
+  1 x 3 x 512 x 1024 with ``exact`` (nlseg's default float32 eager path), ``exact_unfused`` and
+  ``exact_compile``; one train step at 512 x 512, batch 1, ``as_built`` (eager) and ``compile``; mmseg in both.
 - ``--device cuda``: both sides on the first GPU (the mmseg venv with a CUDA torch: ``TORCH_SPEC=torch==2.13.0
   bash benchmarks/mmseg_env.sh``); each timed pass ends with ``torch.cuda.synchronize``, and peak memory is the
   CUDA memory allocated during the timed passes above what was allocated before them.

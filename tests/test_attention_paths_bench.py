@@ -27,7 +27,8 @@ def test_attention_paths_measures_each_path_and_restores_the_floor(tmp_path, cap
     assert attention_module.softmax_numerator_ is floored
     records = json.loads(out.read_text())
     assert [r["path"] for r in records] == [
-        "sdpa (flash, padded when Ck != Cv)", "query blocks, 7 rows", f"query blocks, default ({attention_module.BLOCK_ELEMENTS // 30} rows)",
+        "sdpa (flash, padded when Ck != Cv)", "query blocks, 7 rows",
+        f"query blocks, default ({attention_module.BLOCK_ELEMENTS // 30} rows)",
         "query blocks, default, exp not floored"]
     assert all(r["spread"] == 8.0 and r["ms"] > 0 and r["peak_mib"] > 0 for r in records)
     table = capsys.readouterr().out

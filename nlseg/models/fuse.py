@@ -2,8 +2,9 @@
 
 Once batch norm is folded (:mod:`nlseg.models.fold`), a residual block computes
 
-    out = relu(conv1(x));  out = relu(conv2(out));  [out = relu(conv3(out))]   the block's own convolutions
-    y = relu(conv_last(out) + shortcut)                                          the epilogue
+    out = relu(conv1(x));  [out = relu(conv2(out))]    the block's inner convolutions (the second: Bottleneck)
+    y = relu(conv_last(out) + shortcut)                 the epilogue (conv_last: conv3 of a Bottleneck, conv2 of a
+                                                        BasicBlock)
 
 Eager PyTorch runs the epilogue as three passes over the block's widest map (the convolution's new output, the
 sum, the ReLU) and allocates that map anew for every block: at 512 x 1024 that is 32-64 MiB per block, which

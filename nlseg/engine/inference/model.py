@@ -2,10 +2,12 @@
 
 :func:`prepare_for_inference` turns a trained model into one that does only inference's work
 (:class:`InferenceOptions`, the recipe's ``eval.aux``, ``eval.fold_bn``, ``eval.channels_last``, ``eval.fuse``,
-``eval.amp``, ``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the convolutions,
-channels-last tensors, the residual blocks' epilogues fused into oneDNN's convolutions on the CPU, optional bf16/fp16 autocast and the compiled path (:mod:`.compiled`: inductor with frozen
-weights, ``auto`` when the job pays for it). The exact levers (aux, folding, layout, fusion) keep the float32 output to
-float rounding; autocast trades precision for speed (``tests/test_inference_path.py`` states the tolerances).
+``eval.amp``, ``eval.compile``): no auxiliary head the decoder does not read, batch norm folded into the
+convolutions, channels-last tensors, the residual blocks' epilogues fused into oneDNN's convolutions on the CPU
+(:mod:`nlseg.models.fuse`), optional bf16/fp16 autocast and the compiled path (:mod:`.compiled`: inductor with
+frozen weights, ``auto`` when the job pays for it). The exact levers (aux, folding, layout, fusion) keep the
+float32 output to float rounding; autocast trades precision for speed (``tests/test_inference_path.py`` states
+the tolerances).
 """
 from __future__ import annotations
 
